@@ -1,0 +1,49 @@
+# fastai-sem: every command creates what it needs (a .venv in the checkout) on a fresh machine.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+BIN   := .venv/bin
+export PYTHONHASHSEED := 0
+
+.PHONY: run test test-slow docs bench repro clean-venv
+
+.venv/.done: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision pinned to the builds these machines carry on disk (CPU here, CUDA-capable elsewhere)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# System packages the tests use: Fashion-MNIST (science smoke test) and Chromium (docs browser test).
+.sysdeps.done:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
+	else echo "not root: install dataset-fashion-mnist and chromium with apt yourself"; fi
+	touch $@
+
+## The main job: SEM vs plain MixUp on the embedded Fashion-MNIST subset.
+run: .venv/.done
+	$(BIN)/fastai-sem train --compare
+
+## The whole default test suite (notebooks, package/notebook agreement, pytest, docs in a browser).
+test: .venv/.done .sysdeps.done
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean && git diff --exit-code --stat -- fastai_sem nbs
+	$(BIN)/nbdev-test --n_workers 2
+	$(BIN)/pytest -q -m "not slow"
+
+## Slow tests: notebook cells marked `#| slow` and pytest tests marked slow (DDP, long runs).
+test-slow: .venv/.done .sysdeps.done
+	$(BIN)/nbdev-test --flags slow --n_workers 2
+	$(BIN)/pytest -q -m slow
+
+docs: .venv/.done
+	$(PY) tools/build_docs.py
+
+bench: .venv/.done
+	$(PY) benchmarks/step_time.py
+
+repro: .venv/.done .sysdeps.done
+	$(PY) benchmarks/reproduce.py
+
+clean-venv:
+	rm -rf .venv .sysdeps.done
