@@ -28,12 +28,12 @@ run: .venv/.done
 ## The whole default test suite (notebooks, package/notebook agreement, pytest, docs in a browser).
 test: .venv/.done .sysdeps.done
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean && git diff --exit-code --stat -- fastai_sem nbs
-	$(BIN)/nbdev-test --n_workers 2
+	$(BIN)/nbdev-test --n-workers 2
 	$(BIN)/pytest -q -m "not slow"
 
 ## Slow tests: notebook cells marked `#| slow` and pytest tests marked slow (DDP, long runs).
 test-slow: .venv/.done .sysdeps.done
-	$(BIN)/nbdev-test --flags slow --n_workers 2
+	$(BIN)/nbdev-test --flags slow --n-workers 2
 	$(BIN)/pytest -q -m slow
 
 docs: .venv/.done
