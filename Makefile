@@ -27,7 +27,9 @@ run: .venv/.done
 
 ## The whole default test suite (notebooks, package/notebook agreement, pytest, docs in a browser).
 test: .venv/.done .sysdeps.done
-	$(BIN)/nbdev-export && $(BIN)/nbdev-clean && git diff --exit-code --stat -- fastai_sem nbs
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
+	@if [ -n "$$(git status --porcelain -- fastai_sem nbs)" ]; then git status --porcelain -- fastai_sem nbs; \
+	  echo "nbdev-export/nbdev-clean changed the files above: the notebooks and the package disagree"; exit 1; fi
 	$(BIN)/nbdev-test --n-workers 2
 	$(BIN)/pytest -q -m "not slow"
 
