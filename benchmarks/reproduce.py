@@ -373,7 +373,8 @@ def parse_args(argv=None):
     p.add_argument('--n-train', type=int, default=0, help='use only the first N training images (0: all)')
     p.add_argument('--n-test', type=int, default=0, help='use only the first N test images (0: all 10,000)')
     p.add_argument('--n-corrupt', type=int, default=2000, help='size of the corruption subset of the test images')
-    p.add_argument('--corruptions', nargs='+', default=None, choices=list(CORRUPTIONS), help='default: all 15')
+    p.add_argument('--corruptions', nargs='+', default=None, choices=list(CORRUPTIONS), metavar='NAME',
+                   help='corruptions to evaluate (default: all 15 of fastai_sem.corruptions.CORRUPTIONS)')
     p.add_argument('--n-ood', type=int, default=0, help='use only the first N MNIST-5k images (0: all 5,000)')
     p.add_argument('--eq-n', type=int, default=1024, help='held-out test pairs of the equivariance curves')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default); 1 is faster on busy cores')

