@@ -23,14 +23,28 @@ def _mixed_label_loss(loss_func, pred, y, lam, perm):
     if y.is_floating_point():
         return loss_func(pred, torch.lerp(y[perm], y, lam.to(y.dtype).view(-1, *[1]*(y.ndim-1))))
     try:
-        with NoneReduce(loss_func) as lf: per_sample = torch.lerp(lf(pred, y[perm]), lf(pred, y), lam)
+        with NoneReduce(loss_func) as lf: own, partner = lf(pred, y), lf(pred, y[perm])
     except TypeError as e:
         raise ValueError("SEMMixup needs `loss_func` to give one loss per sample with `reduction='none'` "
                          f"(as fastai's and PyTorch's losses do): {e}") from e
-    if per_sample.shape != lam.shape:
-        raise ValueError(f"`loss_func` with reduction='none' returned shape {tuple(per_sample.shape)}; "
+    if own.shape != lam.shape:
+        raise ValueError(f"`loss_func` with reduction='none' returned shape {tuple(own.shape)}; "
                          f"SEMMixup needs one loss per sample, shape {tuple(lam.shape)}")
-    return reduce_loss(per_sample, getattr(loss_func, 'reduction', 'mean'))
+    return reduce_loss(torch.lerp(partner, own, lam), getattr(loss_func, 'reduction', 'mean'))
+
+def _checked_mix(mixer, x) -> MixedBatch:
+    "`mixer(x)` as a `MixedBatch`, or a `ValueError` naming `mix` if it is not one for `x`"
+    try: mixed = MixedBatch(*mixer(x))
+    except TypeError as e: raise ValueError(f"`mix` must return (x, lam, perm), e.g. a `MixedBatch`: {e}") from e
+    n = len(x)
+    if mixed.x.shape != x.shape or mixed.lam.shape != (n,) or mixed.perm.shape != (n,):
+        raise ValueError(f"`mix` returned x {tuple(mixed.x.shape)}, lam {tuple(mixed.lam.shape)}, perm {tuple(mixed.perm.shape)}; "
+                         f"expected x {tuple(x.shape)} and lam, perm of shape ({n},)")
+    if mixed.perm.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"`mix` returned perm of dtype {mixed.perm.dtype}: it must hold integer sample indices")
+    if (~torch.isfinite(mixed.lam) | (mixed.lam < 0) | (mixed.lam > 1)).any() | ((mixed.perm < 0) | (mixed.perm >= n)).any():
+        raise ValueError(f"`mix` returned lam outside [0, 1] or perm outside [0, {n}): lam {mixed.lam.tolist()}, perm {mixed.perm.tolist()}")
+    return mixed
 
 def _check_targets(yb):
     "Raise a `ValueError` unless `yb` holds one classification target per sample"
@@ -69,17 +83,17 @@ class SEMMixup(Callback):
         self.capture = self.h_clean = None
 
     def before_fit(self):
-        "Add the `label_loss` and `sem_loss` columns after the training columns of the Recorder"
+        "Refuse fastai's own MixUp/CutMix; add the `label_loss` and `sem_loss` columns after the Recorder's training columns"
+        if any(isinstance(cb, MixHandler) for cb in self.learn.cbs):   # before its before_train swaps the loss function
+            raise ValueError("fastai's MixUp/CutMix is attached too, and both would mix the same batch: remove it "
+                             "(SEMMixup(mix='mixup'|'cutmix'|'switch') does the mixing, and gamma=0 gives the plain mixer)")
         rec = getattr(self.learn, 'recorder', None)
         if rec is None or not hasattr(rec, 'metric_names'): return
         at = 2 + (len(self.learn.metrics) if rec.train_metrics else 0)
         rec.metric_names = rec.metric_names[:at] + L('label_loss', 'sem_loss') + rec.metric_names[at:]
 
     def before_train(self):
-        "Check the set-up, find h, reset the epoch averages"
-        if any(isinstance(cb, MixHandler) for cb in self.learn.cbs):
-            raise ValueError("fastai's MixUp/CutMix is attached too, and both would mix the same batch: remove it "
-                             "(SEMMixup(mix='mixup'|'cutmix'|'switch') does the mixing, and gamma=0 gives the plain mixer)")
+        "Find h, reset the epoch averages"
         self.site = representation_site(self.learn.model, self.layer)
         if self.capture is not None: self.capture.remove()   # set up by a step that was interrupted before its forward
         self._sums, self._count = 0., 0
@@ -90,10 +104,7 @@ class SEMMixup(Callback):
         _check_targets(self.yb)
         x, y = self.xb[0], self.y
         if self.shared_batch: x, y = x[:(len(x)+1)//2], y[:(len(x)+1)//2]   # the anchors
-        mixed = self.mixer(x)
-        if mixed.x.shape != x.shape or mixed.lam.shape != (len(x),) or mixed.perm.shape != (len(x),):
-            raise ValueError(f"`mix` returned x {tuple(mixed.x.shape)}, lam {tuple(mixed.lam.shape)}, perm {tuple(mixed.perm.shape)}; "
-                             f"expected x {tuple(x.shape)} and lam, perm of shape ({len(x)},)")
+        mixed = _checked_mix(self.mixer, x)
         self.mixed_lam, self.mixed_perm = mixed.lam.float(), mixed.perm
         if self.shared_batch:
             # forward batch = [anchors, mixes of anchors]; the anchors count as "mixed" with themselves at λ = 1
@@ -120,6 +131,7 @@ class SEMMixup(Callback):
         self.capture = self.h_clean = None
         label = _mixed_label_loss(self.learn.loss_func, self.pred, self.y, self.lam, self.perm)
         penalty = sem_penalty(h_mixed, h_clean, self.mixed_lam, self.mixed_perm, self.distance)
+        if penalty.ndim != 0: raise ValueError(f"`distance` must return a scalar, got a tensor of shape {tuple(penalty.shape)}")
         total = label + self.gamma * penalty
         self.label_loss, self.sem_loss = label.detach(), penalty.detach()
         if not torch.isfinite(total):

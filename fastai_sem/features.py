@@ -68,7 +68,7 @@ class FeatureCapture:
     def __init__(self, model:nn.Module, site:FeatureSite):
         self.site = site
         self.hook = Hook(site.module, self._read, detach=False)
-        self.cleanup = model.register_forward_hook(lambda *_: self.remove(), always_call=True)
+        self.cleanup = model.register_forward_hook(self._end_of_forward, always_call=True)
 
     def _read(self, module, inputs, output):
         if self.hook.stored is not None:
@@ -83,6 +83,7 @@ class FeatureCapture:
             raise ValueError(f"`layer` {self.site.name!r} did not run in the forward pass: pass `layer=` a module the model uses")
         return self.hook.stored
 
+    def _end_of_forward(self, *args): self.remove()
     def remove(self): self.hook.remove(); self.cleanup.remove()
     def __enter__(self): return self
     def __exit__(self, *exc): self.remove()

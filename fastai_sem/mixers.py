@@ -99,6 +99,8 @@ def get_mixer(mix:str|Mixer='mixup', # 'mixup', 'cutmix', 'switch' (random per b
               switch_prob:float=0.5,  # with `mix='switch'`: probability that a batch uses CutMix
              ) -> Mixer:
     "The mixer `mix` names, or `mix` itself if it is already a mixer"
+    if isinstance(switch_prob, bool) or not isinstance(switch_prob, (int, float)) or not 0 <= switch_prob <= 1:
+        raise ValueError(f"`switch_prob` must be a probability in [0, 1], got {switch_prob!r}")
     if callable(mix) and not isinstance(mix, str):
         if alpha is not None: raise ValueError("`alpha` only applies to the named mixers; set it on your `Mixer` object instead")
         return mix
