@@ -17,7 +17,8 @@ What is replaced, and why:
   With accelerate installed, the real one is used. The JSON records which (`accelerate`).
 Everything else — `distrib_ctx`, `to_distributed`, `DistributedTrainer`, `DistributedDL` — is fastai's.
 """
-import json, os, sys, types
+import json, os, sys, time, types
+from datetime import timedelta
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -49,7 +50,7 @@ def install_accelerate_stand_in():
     class Accelerator:
         "What fastai's DistributedTrainer uses of accelerate.Accelerator, for a CPU (gloo) process group"
         def __init__(self, cpu=False, kwargs_handlers=None, **kwargs):
-            if not dist.is_initialized(): dist.init_process_group('gloo')
+            if not dist.is_initialized(): dist.init_process_group('gloo', timeout=TIMEOUT)
             self.ddp_kwargs = {}
             for h in kwargs_handlers or []: self.ddp_kwargs.update(h.to_kwargs())
         def prepare(self, model): return nn.parallel.DistributedDataParallel(model, **self.ddp_kwargs)
@@ -61,7 +62,9 @@ def install_accelerate_stand_in():
 
 
 ACCELERATE = install_accelerate_stand_in()
-if WORLD > 1 and not dist.is_initialized(): dist.init_process_group('gloo')
+# a collective that one process never joins fails after DDP_TEST_TIMEOUT_S (60) seconds instead of gloo's default 30 min
+TIMEOUT = timedelta(seconds=float(os.environ.get('DDP_TEST_TIMEOUT_S', '60')))
+if WORLD > 1 and not dist.is_initialized(): dist.init_process_group('gloo', timeout=TIMEOUT)
 
 from accelerate import DistributedDataParallelKwargs   # noqa: E402  (the real one or the stand-in)
 from fastai.basics import (CrossEntropyLossFlat, Datasets, ItemGetter, Learner, Callback, SGD, noop,   # noqa: E402
@@ -144,13 +147,20 @@ class Record(Callback):
         self.wrapped.append(isinstance(self.learn.model, nn.parallel.DistributedDataParallel))
 
 
+class NaNOnRank0(Callback):
+    "Make the second training batch of process 0 only NaN (after SEMMixup mixed it), so only that process's loss is not finite"
+    order = 60
+    def before_batch(self):
+        if self.training and self.iter == 1 and rank_distrib() == 0: self.learn.xb = (self.xb[0]*float('nan'),)
+
+
 def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False):
+def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False, cbs=()):
     dls = dls_for_global_batch(num_distrib() or 1)
     rec, sem = Record(), SEMMixup(mix=mixer, detach_target=detach_target, shared_batch=shared_batch)
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(SGD, mom=0.), cbs=[sem, rec])
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(SGD, mom=0.), cbs=[sem, rec, *cbs])
     learn.remove_cb(ProgressCallback); learn.logger = noop
     lf = learn.loss_func
     kw = dict(kwargs_handlers=[DistributedDataParallelKwargs(**ddp_kwargs)]) if ddp_kwargs else {}
@@ -175,6 +185,8 @@ SCENARIOS = {
     'bn_shared_batch': lambda: run(model_with_bn(), 'mixup', shared_batch=True),
     # fastai's default sync_bn=True: PyTorch's SyncBatchNorm needs GPU modules (expected to fail on CPU)
     'sync_bn_cpu': lambda: run(model_with_bn(), 'mixup', sync_bn=True),
+    # a non-finite loss on one process only: SEMMixup skips that step (CancelBatchException before backward) there
+    'nonfinite_one_rank': lambda: run(model_without_bn(), ScheduledMixer(), cbs=[NaNOnRank0()]),
 }
 
 
@@ -184,11 +196,13 @@ def main(out):
     res = dict(world=num_distrib() or 1, rank=rank_distrib(), accelerate=ACCELERATE, backend=dist.get_backend() if dist.is_initialized() else None)
     names = sys.argv[2:] or list(SCENARIOS)
     for name in names:
+        start = time.time()
         try: res[name] = SCENARIOS[name]()
-        except Exception as e: res[name] = dict(error=f'{type(e).__name__}: {e}')
+        except Exception as e: res[name] = dict(error=f'{type(e).__name__}: {e}'[:2000])
+        res[name]['seconds'] = time.time() - start
     fname = f'rank{RANK}.json' if WORLD > 1 else 'single.json'
     (out/fname).write_text(json.dumps(res))
-    if dist.is_initialized():
+    if dist.is_initialized() and not any('error' in res[n] for n in names):
         dist.barrier()
         dist.destroy_process_group()
 

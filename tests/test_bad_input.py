@@ -1,8 +1,7 @@
 """Every invalid argument or input raises a `ValueError` whose message names the argument (or the input).
 
 `CASES` is also what nbs/20_errors.ipynb runs to make its table of error messages: one list, so the table shows
-exactly what is tested. `GAPS` are invalid inputs that do not raise such an error yet (strict xfail tests: each is
-an open bug of the library, reported to its owner).
+exactly what is tested.
 """
 import math
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ class Case:
             eval(self.code, {'SEMMixup': SEMMixup, 'MixupMixer': MixupMixer, 'nn': nn, 'nan': math.nan, 'inf': math.inf})
             return None
         learn = self.build()
-        self.learn = learn
+        self.learn, self.loss_func = learn, learn.loss_func
         learn.fit(1, 1e-3)
         return learn
 
@@ -93,6 +92,33 @@ def loss_per_class(pred, targ, reduction='mean'):
     return l if reduction == 'none' else l.mean()
 
 
+class TupleMix:
+    "A mixing callable that returns a plain tuple (x, lam, perm) instead of a MixedBatch (accepted)"
+    def __call__(self, x): return x.flip(0), torch.ones(len(x)), torch.arange(len(x)).flip(0)
+
+
+class TensorMix:
+    "A mixing callable that returns only the mixed images"
+    def __call__(self, x): return x.flip(0)
+
+
+class PermMixer(Mixer):
+    "A Mixer whose perm is not a valid index tensor: floats or out of range"
+    def __init__(self, bad): self.bad = bad
+    def mix(self, x, perm): return MixedBatch(x, torch.ones(len(x)), perm.float() if self.bad == 'float' else perm + len(x))
+
+
+class LamMixer(Mixer):
+    "A Mixer whose lam is outside [0, 1] (or not finite)"
+    def __init__(self, value): self.value = value
+    def mix(self, x, perm): return MixedBatch(x, torch.full((len(x),), self.value), perm)
+
+
+def loss_ignoring_reduction(pred, targ, reduction='mean'):
+    "Accepts `reduction` but always returns the batch mean"
+    return F.cross_entropy(pred, targ)
+
+
 CASES = [
     ctor('alpha', 'SEMMixup(alpha=0)'),
     ctor('alpha', 'SEMMixup(alpha=-1.)'),
@@ -122,6 +148,8 @@ CASES = [
     ctor('switch_prob', "SEMMixup(mix='switch', switch_prob=nan)"),
     ctor('switch_prob', "SEMMixup(mix='switch', switch_prob='0.5')"),
     ctor('switch_prob', "SEMMixup(mix='switch', switch_prob=True)"),
+    ctor('switch_prob', 'SEMMixup(switch_prob=1.5)'),
+    ctor('switch_prob', "SEMMixup(mix='cutmix', switch_prob=-1)"),
     ctor('layer', 'SEMMixup(layer=3)'),
     ctor('layer', "SEMMixup(layer=['0'])"),
     ctor('layer', 'SEMMixup(layer=nn.Linear)'),
@@ -158,69 +186,33 @@ CASES = [
     fitting('mix', 'a Mixer whose x has the wrong shape', '`mix` returned', lambda: synth_learner(cbs=SEMMixup(mix=ShapeMixer('x')))),
     fitting('mix', 'a Mixer whose lam has the wrong shape', '`mix` returned', lambda: synth_learner(cbs=SEMMixup(mix=ShapeMixer('lam')))),
     fitting('mix', 'a Mixer whose perm has the wrong shape', '`mix` returned', lambda: synth_learner(cbs=SEMMixup(mix=ShapeMixer('perm')))),
+    fitting('mix', 'a mixing callable that returns only the mixed images', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=TensorMix()))),
+    fitting('mix', 'a Mixer whose perm is a float tensor', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=PermMixer('float')))),
+    fitting('mix', 'a Mixer whose perm is out of range', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=PermMixer('range')))),
+    fitting('mix', 'a Mixer whose lam is 3 (outside [0, 1])', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=LamMixer(3.)))),
+    fitting('mix', 'a Mixer whose lam is nan', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=LamMixer(float('nan'))))),
+    fitting('distance', 'a distance returning one value per sample instead of a scalar', '`distance`',
+            lambda: synth_learner(cbs=SEMMixup(distance=lambda h, t: ((h - t)**2).mean(1)))),
     fitting('loss_func', "a loss function without a `reduction` argument", '`loss_func`',
             lambda: synth_learner(cbs=SEMMixup(), loss_func=loss_without_reduction)),
+    fitting('loss_func', "a loss that accepts `reduction` but ignores it (always the batch mean)", '`loss_func`',
+            lambda: synth_learner(cbs=SEMMixup(), loss_func=loss_ignoring_reduction)),
+    fitting('loss_func', "a loss whose reduction='none' gives shape (bs, n_classes)", '`loss_func`',
+            lambda: synth_learner(cbs=SEMMixup(), loss_func=loss_per_class)),
     fitting('cbs', "fastai's MixUp attached too", 'MixUp/CutMix', lambda: synth_learner(cbs=[SEMMixup(), MixUp()])),
     fitting('cbs', "fastai's CutMix attached too", 'MixUp/CutMix', lambda: synth_learner(cbs=[SEMMixup(), CutMix()])),
 ]
 
 
-# ---- invalid inputs that are not rejected with a ValueError yet (bugs reported to the library's owner) ---------
-class TupleMix:
-    "A mixing callable that returns a plain tuple (x, lam, perm) instead of a MixedBatch"
-    def __call__(self, x): return x.flip(0), torch.ones(len(x)), torch.arange(len(x)).flip(0)
-
-
-class PermMixer(Mixer):
-    "A Mixer whose perm is not a valid index tensor: floats or out of range"
-    def __init__(self, bad): self.bad = bad
-    def mix(self, x, perm): return MixedBatch(x, torch.ones(len(x)), perm.float() if self.bad == 'float' else perm + len(x))
-
-
-class LamMixer(Mixer):
-    "A Mixer whose lam is outside [0, 1]"
-    def mix(self, x, perm): return MixedBatch(x, torch.full((len(x),), 3.), perm)
-
-
-def loss_ignoring_reduction(pred, targ, reduction='mean'):
-    "Accepts `reduction` but always returns the batch mean"
-    return F.cross_entropy(pred, targ)
-
-
-GAPS = [
-    (ctor('switch_prob', 'SEMMixup(switch_prob=1.5)'),
-     "switch_prob is only checked when mix='switch' (get_mixer, fastai_sem/mixers.py): out of [0, 1] it is silently ignored"),
-    (fitting('mix', 'a mixing callable returning a plain tuple (x, lam, perm)', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=TupleMix()))),
-     "SEMMixup.before_batch reads mixed.x without checking it got a MixedBatch: AttributeError 'tuple' object has no attribute 'x'"),
-    (fitting('mix', 'a Mixer whose perm is a float tensor', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=PermMixer('float')))),
-     "perm's dtype is not checked: IndexError 'tensors used as indices must be long...' in after_loss"),
-    (fitting('mix', 'a Mixer whose perm is out of range', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=PermMixer('range')))),
-     "perm's values are not checked: IndexError 'index 15 is out of bounds' in after_loss"),
-    (fitting('mix', 'a Mixer whose lam is 3 (outside [0, 1])', '`mix`', lambda: synth_learner(cbs=SEMMixup(mix=LamMixer()))),
-     "lam's range is not checked: it trains silently on extrapolated labels and penalty targets"),
-    (fitting('distance', 'a distance returning one value per sample instead of a scalar', '`distance`',
-             lambda: synth_learner(cbs=SEMMixup(distance=lambda h, t: ((h - t)**2).mean(1)))),
-     "the distance's result is not checked: RuntimeError 'Boolean value of Tensor with more than one value is ambiguous'"),
-    (fitting('loss_func', "a loss that accepts `reduction` but ignores it (always the batch mean)", '`loss_func`',
-             lambda: synth_learner(cbs=SEMMixup(), loss_func=loss_ignoring_reduction)),
-     "_mixed_label_loss (fastai_sem/callback.py) checks the shape after torch.lerp, which broadcasts the two scalar "
-     "losses to shape (bs,) with lam: the check passes and the label loss is silently wrong"),
-    (fitting('loss_func', "a loss whose reduction='none' gives shape (bs, n_classes)", '`loss_func`',
-             lambda: synth_learner(cbs=SEMMixup(), loss_func=loss_per_class)),
-     "same cause: torch.lerp(loss (bs, C), loss (bs, C), lam (bs,)) raises RuntimeError 'The size of tensor a (3) must "
-     "match the size of tensor b (8)' before the shape check (and broadcasts silently when C == bs)"),
-]
-
-
 def error_of(case):
-    "(exception type name, where it was raised, message) of running `case`; ('no error', '', '') if nothing is raised"
+    """(exception type name, where it was raised, message) of running `case`; ('no error', '', '') if nothing is raised.
+    Where: 'creation' (of SEMMixup), or the fit event in fastai's 'Exception occured in `X` when calling event `Y`'."""
     try: case.run()
     except Exception as e:
-        msg, where = str(e), 'SEMMixup(...)' if case.build is None else 'fit'
-        prefix = 'Exception occured in `'
-        if msg.startswith(prefix) and ':\n\t' in msg:   # fastai's wrapper around errors raised in callbacks
+        msg, where = str(e), 'creation' if case.build is None else 'fit'
+        if msg.startswith('Exception occured in `') and ':\n\t' in msg:   # fastai's wrapper around errors raised in callbacks
             head, msg = msg.split(':\n\t', 1)
-            where = 'fit, `' + head.split('when calling event `')[-1]
+            where = head.split('when calling event `')[-1].rstrip('`')
         return type(e).__name__, where, msg
     return 'no error', '', ''
 
@@ -232,13 +224,14 @@ def test_invalid_raises_value_error(case):
     if case.build is not None:
         model = case.learn.model
         assert n_hooks(model) == 0   # nothing left on the model by the failed fit
+        assert case.learn.loss_func is case.loss_func   # nor a swapped loss function (fastai's MixUp swaps it in before_train)
 
 
-@pytest.mark.parametrize('case,reason', GAPS, ids=[c.code for c, _ in GAPS])
-def test_invalid_not_yet_rejected(case, reason, request):
-    request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-    with pytest.raises(ValueError) as ei: case.run()
-    assert case.contains in str(ei.value)
+def test_tuple_mixer_accepted():
+    "A mixing callable may return a plain (x, lam, perm) tuple instead of a MixedBatch"
+    learn = synth_learner(cbs=SEMMixup(mix=TupleMix()))
+    learn.fit(1, 1e-3)
+    assert torch.equal(learn.sem_mixup.perm, torch.arange(8).flip(0)) and torch.isfinite(learn.sem_mixup.sem_loss)
 
 
 def test_valid_edge_values_accepted():

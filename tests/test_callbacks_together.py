@@ -212,17 +212,18 @@ def test_fastai_mixup_cutmix_rejected(mixer):
     assert n_hooks(learn.model) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="SEMMixup raises its MixUp/CutMix error in before_train (order 55), after fastai's "
-                   "MixHandler.before_train (order 0) swapped learn.loss_func; a ValueError skips MixHandler's "
-                   "after_train/after_cancel_*, so the Learner keeps MixUp's loss function (fastai_sem/callback.py, "
-                   "SEMMixup.before_train; checking in before_fit would come before the swap)")
-def test_fastai_mixup_rejected_leaves_loss_func():
-    "After the error, the user removes MixUp as told: the Learner should train with its own loss function again"
-    learn = synth_learner(cbs=[SEMMixup(), MixUp()])
+@pytest.mark.parametrize('mixer', [MixUp, CutMix], ids=['MixUp', 'CutMix'])
+def test_fastai_mixup_rejected_leaves_loss_func(mixer):
+    """After the error, the user removes MixUp as told: the Learner trains with its own loss function again.
+    (fastai's MixHandler swaps `loss_func` in before_train and restores it only in after_train/after_cancel_*: SEMMixup
+    must refuse it in before_fit, before the swap, or a ValueError would leave MixUp's loss function in place)"""
+    learn = synth_learner(cbs=[SEMMixup(), mixer()])
     lf = learn.loss_func
     with pytest.raises(ValueError, match='MixUp/CutMix'): learn.fit(1, 1e-3)
-    learn.remove_cb(MixUp)
+    learn.remove_cb(mixer)
     assert learn.loss_func is lf
+    learn.fit(1, 1e-3)
+    assert learn.loss_func is lf and torch.isfinite(learn.sem_mixup.sem_loss)
 
 
 def test_export_load_learner(tmp_path):

@@ -38,20 +38,26 @@ TRAINS = ['bn_mixup', 'bn_cutmix_detach_false', 'bn_shared_batch']
 RTOL, ATOL = 5e-6, 1e-7
 
 
-def _run(cmd, out, timeout=300):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get('PYTHONPATH')]))}
-    env.pop('WORLD_SIZE', None); env.pop('RANK', None); env.pop('LOCAL_RANK', None)
+def _run(cmd, check=True, timeout=300, **env):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', **env,
+           'PYTHONPATH': os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get('PYTHONPATH')]))}
+    for k in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'): env.pop(k, None)
     p = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f'{" ".join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}'
+    if check: assert p.returncode == 0, f'{" ".join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}'
     return p
+
+
+def torchrun(out, *scenarios, **kw):
+    return _run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(WORKER), str(out),
+                 *scenarios], **kw)
 
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available(): pytest.skip('torch.distributed with gloo is not available')
     out = tmp_path_factory.mktemp('ddp')
-    _run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(WORKER), str(out)], out)
-    _run([sys.executable, str(WORKER), str(out), *EQUIV], out)
+    torchrun(out, *EQUIV, *TRAINS, 'sync_bn_cpu')
+    _run([sys.executable, str(WORKER), str(out), *EQUIV])
     return [json.loads((out/f).read_text()) for f in ('rank0.json', 'rank1.json', 'single.json')]
 
 
@@ -100,3 +106,16 @@ def test_tolerance_discriminates(results):
 def test_sync_bn_needs_gpu(results):
     "fastai's default distrib_ctx(sync_bn=True) converts BatchNorm to SyncBatchNorm, which PyTorch only runs on GPU"
     for r in results[:2]: assert 'GPU' in r['sync_bn_cpu'].get('error', '')
+
+
+@pytest.mark.xfail(strict=True, reason="SEMMixup.after_loss (fastai_sem/callback.py) skips a step with a non-finite loss by "
+                   "raising CancelBatchException before backward, decided by each process alone: under DDP the other "
+                   "processes block in the gradient all-reduce of that step (a hang until the process-group timeout)")
+def test_nonfinite_loss_on_one_process(tmp_path):
+    "Process 0's second batch is NaN: every process should skip that step together, and training go on in sync"
+    if not dist.is_available() or not dist.is_gloo_available(): pytest.skip('torch.distributed with gloo is not available')
+    torchrun(tmp_path, 'nonfinite_one_rank', check=False, DDP_TEST_TIMEOUT_S='15')
+    r0, r1 = (json.loads((tmp_path/f'rank{r}.json').read_text())['nonfinite_one_rank'] for r in (0, 1))
+    assert 'error' not in r0 and 'error' not in r1, (r0.get('error'), r1.get('error'))
+    assert len(r0['steps']) == len(r1['steps']) == 3        # the NaN step skipped on both processes
+    assert r0['weights'] == r1['weights'] and np.isfinite(r0['weights']).all()

@@ -204,14 +204,31 @@ def test_fit_cbs_interrupted(event, exc, order):
     assert n_hooks(learn.model) == 0 and learn.loss_func is lf and params_finite(learn.model)
 
 
-@pytest.mark.xfail(strict=True, reason="documented before_batch gap: until the next forward pass the model carries "
-                   "FeatureCapture's cleanup hook, a lambda (fastai_sem/features.py, FeatureCapture.__init__), so "
-                   "torch.save(learn.model) fails with \"Can't pickle local object\"")
 def test_gap_model_pickles(tmp_path):
-    "In the gap state (before any other forward pass), the model itself can still be saved whole"
+    "In the gap state (before any other forward pass), the model with its two pending hooks can still be saved whole"
     learn, lf, spy = new_learner()
     fit_raising(learn, Raiser('before_batch', KeyboardInterrupt, order=60))
+    assert n_hooks(learn.model) == 2
     torch.save(learn.model, tmp_path/'model.pt')
+    learn.export(tmp_path/'export.pkl')
+
+
+class HooksAtBeforeTrain(Callback):
+    "Count the hooks on the model right after SEMMixup's before_train"
+    order = 56
+    def before_train(self): self.n = n_hooks(self.model)
+
+
+@pytest.mark.parametrize('exc', [KeyboardInterrupt, CancelEpochException], ids=lambda e: e.__name__)
+def test_gap_cleared_when_next_fit_starts(exc):
+    "The next fit's before_train removes a capture left by the gap, before any forward pass"
+    learn, lf, spy = new_learner()
+    fit_raising(learn, Raiser('before_batch', exc, order=60))
+    assert n_hooks(learn.model) == 2
+    spy2 = HooksAtBeforeTrain()
+    learn.fit(1, 1e-3, cbs=spy2)
+    assert spy2.n == 0
+    check_nothing_left(learn, lf, spy)
 
 
 @pytest.mark.parametrize('event', ['before_batch', 'after_pred', 'after_loss'])
