@@ -46,6 +46,13 @@ def _checked_mix(mixer, x) -> MixedBatch:
         raise ValueError(f"`mix` returned lam outside [0, 1] or perm outside [0, {n}): lam {mixed.lam.tolist()}, perm {mixed.perm.tolist()}")
     return mixed
 
+def _finite_everywhere(t:Tensor) -> bool:
+    "Whether `t` is finite on every process, so that under DDP all processes skip a step together"
+    ok = torch.isfinite(t).float().reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok)
+
 def _check_targets(yb):
     "Raise a `ValueError` unless `yb` holds one classification target per sample"
     if len(yb) != 1: raise ValueError(f"SEMMixup needs exactly one target per batch, got {len(yb)}")
@@ -134,7 +141,7 @@ class SEMMixup(Callback):
         if penalty.ndim != 0: raise ValueError(f"`distance` must return a scalar, got a tensor of shape {tuple(penalty.shape)}")
         total = label + self.gamma * penalty
         self.label_loss, self.sem_loss = label.detach(), penalty.detach()
-        if not torch.isfinite(total):
+        if not _finite_everywhere(total):
             warnings.warn(f"SEMMixup skipped a training step: non-finite loss (label loss {self.label_loss.item():.4g}, "
                           f"penalty {self.sem_loss.item():.4g})")
             raise CancelBatchException()

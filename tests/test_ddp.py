@@ -108,9 +108,6 @@ def test_sync_bn_needs_gpu(results):
     for r in results[:2]: assert 'GPU' in r['sync_bn_cpu'].get('error', '')
 
 
-@pytest.mark.xfail(strict=True, reason="SEMMixup.after_loss (fastai_sem/callback.py) skips a step with a non-finite loss by "
-                   "raising CancelBatchException before backward, decided by each process alone: under DDP the other "
-                   "processes block in the gradient all-reduce of that step (a hang until the process-group timeout)")
 def test_nonfinite_loss_on_one_process(tmp_path):
     "Process 0's second batch is NaN: every process should skip that step together, and training go on in sync"
     if not dist.is_available() or not dist.is_gloo_available(): pytest.skip('torch.distributed with gloo is not available')
