@@ -35,9 +35,11 @@ validation accuracy is selected (ties: the smaller γ); the test split is never 
 choice (column `selected`) go to `fashion_mnist_gamma_selection.csv`; the main table and the ablations read it.
 
 Ablations (`--ablation`, seed 0 unless `--ablation-seeds`), all on SEM+MixUp with the selected γ unless stated:
-γ sweep (`--sweep-gammas`, 0 = SEMMixup's own MixUp without penalty), detach_target=False, layer='1' (the
+γ sweep (`--sweep-gammas`, 0 = SEMMixup's own MixUp without penalty; the selected γ itself is the main table's run
+of the same seed and is not trained again), detach_target=False, layer='1' (the
 64×7×7 output of the second conv block) and layer='2' (the 128×4×4 output of the third, before pooling),
-shared_batch=True, and SEM+CutMix with γ = 0. Rows go to `fashion_mnist_ablations.csv`.
+shared_batch=True, and SEM+CutMix with γ = 0; with `--gamma-seeds G`, SEM+MixUp and SEM+CutMix at γ = G for every
+seed (a post-hoc look at a γ the sweep singled out: not a selection). Rows go to `fashion_mnist_ablations.csv`.
 
 Equivariance: for every main-table model, `equivariance_error` (MixUp and CutMix mixing, λ = 0, 0.1, …, 1, 1,024
 held-out test pairs, seed 0) goes to `fashion_mnist_equivariance.csv`.
@@ -327,12 +329,18 @@ def ablations(args, gammas, fn, data=None):
     g = gammas['SEM+MixUp']
     runs = []
     for s in args.ablation_seeds:
-        runs += [dict(method='SEM+MixUp', seed=s, gamma=v, cols={'ablation': 'gamma'}) for v in args.sweep_gammas]
+        # the selected γ is the main table's SEM+MixUp run of the same seed (training is deterministic): not run twice
+        runs += [dict(method='SEM+MixUp', seed=s, gamma=v, cols={'ablation': 'gamma'}) for v in args.sweep_gammas if v != g]
         runs += [dict(method='SEM+MixUp', seed=s, gamma=g, detach_target=False, cols={'ablation': 'detach_target'}),
                  dict(method='SEM+MixUp', seed=s, gamma=g, layer='1', cols={'ablation': 'layer'}),
                  dict(method='SEM+MixUp', seed=s, gamma=g, layer='2', cols={'ablation': 'layer'}),
                  dict(method='SEM+MixUp', seed=s, gamma=g, shared_batch=True, cols={'ablation': 'shared_batch'}),
                  dict(method='SEM+CutMix', seed=s, gamma=0., cols={'ablation': 'gamma'})]
+    # optional: SEM+MixUp and SEM+CutMix at other γ with every seed of --seeds (e.g. a γ the seed-0 sweep singled out:
+    # then it is a post-hoc, test-informed look, not a selection)
+    runs += [dict(method=m, seed=s, gamma=v, cols={'ablation': 'gamma'})
+             for v in args.gamma_seeds for s in args.seeds for m in ('SEM+MixUp', 'SEM+CutMix')
+             if not (m == 'SEM+MixUp' and v == g)]
     if args.max_ablation_runs: runs = runs[:args.max_ablation_runs]
     return run_grid(runs, data, args, fn, title='ablations'), data
 
@@ -369,6 +377,8 @@ def parse_args(argv=None):
     p.add_argument('--gamma-cutmix', type=float, default=None, help='γ of SEM+CutMix (default: the selected one)')
     p.add_argument('--sweep-gammas', type=float, nargs='+', default=[0., 1., 3., 10., 30., 100.], help='γ of the ablation sweep')
     p.add_argument('--ablation-seeds', type=int, nargs='+', default=[0])
+    p.add_argument('--gamma-seeds', type=float, nargs='+', default=[],
+                   help='with --ablation: also SEM+MixUp/SEM+CutMix at these γ for every seed of --seeds (post hoc)')
     p.add_argument('--max-ablation-runs', type=int, default=0, help='run only the first N ablation runs (0: all)')
     p.add_argument('--n-train', type=int, default=0, help='use only the first N training images (0: all)')
     p.add_argument('--n-test', type=int, default=0, help='use only the first N test images (0: all 10,000)')
