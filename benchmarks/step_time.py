@@ -29,13 +29,13 @@ CPU time: the clock also reads `time.process_time()` (CPU seconds used by this p
 thread it barely moves when other processes compete for the cores, so on a loaded machine its ratios are the
 steadier estimate of what the step costs; wall time is the headline (on CUDA only wall time means anything).
 
-Peak memory: one extra, untimed step per contender after the timed rounds. On CUDA
-`torch.cuda.max_memory_allocated` over that step. On CPU the allocations and
-frees of PyTorch's CPU allocator during one training step are recorded with `torch.profiler`
-(`profile_memory=True`) and replayed in time order: `peak_step_MB` is the highest amount of tensor memory
-allocated *above what was live when the step began* (activations saved for backward, the mixed batch,
-gradients in flight, temporaries); `peak_total_MB` adds what was live at the step's start (parameters,
-gradients, optimizer state and the batch), which is the number `max_memory_allocated` gives on CUDA.
+Peak memory: one extra, untimed step per contender after the timed rounds. `peak_step_MB` is the highest
+amount of tensor memory allocated during that step *above what was live when it began* (activations saved for
+backward, the mixed batch, gradients in flight, temporaries): on CUDA `torch.cuda.max_memory_allocated` minus
+`memory_allocated` at the start of the step; on CPU the allocations and frees of PyTorch's CPU allocator during
+the step are recorded with `torch.profiler` (`profile_memory=True`) and replayed in time order.
+`peak_total_MB` adds this contender's tensors that were live at the step's start (parameters, gradients,
+optimizer state, the batch): what `max_memory_allocated` would report if it trained alone on the device.
 Memory outside PyTorch's allocator (Python objects, oneDNN scratch space) is not counted.
 
 Mixing op alone: fastai `MixUp.before_batch` / `CutMix.before_batch` (on a stand-in Learner) against
@@ -51,7 +51,7 @@ Results: a table on stdout, `benchmarks/results/step_time{tag}.csv` (steps), `st
 and the plot `step_time{tag}.png`.
 """
 from __future__ import annotations
-import argparse, csv, os, platform, random, shlex, sys, time, warnings
+import argparse, contextlib, csv, os, platform, random, shlex, sys, time, warnings
 from pathlib import Path
 
 os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # keep the profiler's C++ log lines off stderr
@@ -108,7 +108,10 @@ class NoGradForward(Callback):
     "One more forward pass of the clean batch without gradient: what faithful SEM cannot avoid (with `MixUp`: its floor)"
     order, run_valid = -1, False   # before MixUp (order 0): sees the clean batch
     def before_batch(self):
-        with torch.no_grad(): self.learn.model(*self.xb)
+        # under MixedPrecision's autocast, as SEMMixup's clean pass is (MixedPrecision, order 10, opens it before SEMMixup, 55)
+        mp = next((cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)), None)
+        ac = getattr(mp, 'autocast', None)
+        with torch.no_grad(), (ac if ac is not None else contextlib.nullcontext()): self.learn.model(*self.xb)
 
 def contender_cbs(name):
     "The mixing callback(s) of contender `name`"
@@ -161,9 +164,9 @@ class StepClock(Callback):
     def before_batch(self):
         if self.profile:   # memory probe (a step of its own, not timed)
             self.live = _live_bytes(self.learn, (*self.xb, *self.yb))
-            if self.device.type == 'cuda':
+            if self.device.type == 'cuda':   # every contender's model lives on the device: count this one's tensors only
                 torch.cuda.synchronize(self.device); torch.cuda.reset_peak_memory_stats(self.device)
-                self.live = torch.cuda.memory_allocated(self.device)
+                self.cuda0 = torch.cuda.memory_allocated(self.device)
             else:
                 self.quiet = _QuietStderr(); self.quiet.__enter__()
                 self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
@@ -175,8 +178,8 @@ class StepClock(Callback):
         if self.profile:
             if self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)
-                peak = torch.cuda.max_memory_allocated(self.device)
-                self.mem.append((peak, peak - self.live))
+                step = torch.cuda.max_memory_allocated(self.device) - self.cuda0
+                self.mem.append((self.live + step, step))
             else:
                 self.prof.__exit__(None, None, None); self.quiet.__exit__()
                 step = _peak_from_profile(self.prof); self.prof = None
@@ -535,8 +538,9 @@ def main(argv=None):
     print(f"\nStep time: median over the timed steps of the wall time and of this process's CPU time; '× MixUp' = median/median of "
           f"fastai MixUp [25–75 % of the per-round ratios]; '× own' = wall-time ratio of SEM to the fastai callback with the same "
           f"mixer; device {info['device']}{' + AMP' if amp else ''}")
-    print("Peak memory: " + ("torch.cuda.max_memory_allocated" if device.type == 'cuda' else
-          "CPU allocator replayed from torch.profiler; 'peak MB' = live at step start + 'step MB' (peak above it)"))
+    print("Peak memory: 'step MB' = peak allocated during one step above what was allocated at its start (" +
+          ("torch.cuda.max_memory_allocated" if device.type == 'cuda' else "CPU allocator events replayed from torch.profiler") +
+          "); 'peak MB' = 'step MB' + this contender's parameters, gradients, optimizer state and batch")
     print_table(rows)
     if mix_rows:
         print("\nMixing op alone (per call, µs: median [25-75 %] and best round; ratios against the fastai callback with the same mixer)")
