@@ -122,5 +122,7 @@ def show_mixed_batch(dls:DataLoaders, # DataLoaders whose training batch is show
     vocab = getattr(dls, 'vocab', None)
     name = lambda i: str(vocab[y[i]]) if vocab is not None and not y.is_floating_point() else str(i)
     titles = [f"λ={mb.lam[i]:.2f} {name(i)}\n+ {name(mb.perm[i])}" for i in range(n)]
-    show_images(shown, nrows=nrows, titles=titles, **kwargs)
+    axs = subplots(nrows, math.ceil(n/nrows), **kwargs)[1].flat
+    for im, title, ax in zip(shown, titles, axs):   # grayscale drawn in grey, as fastai's show_batch does
+        show_image(im, ax=ax, title=title, cmap='Greys' if im.shape[0] == 1 else None)
     return mb
