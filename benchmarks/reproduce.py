@@ -45,9 +45,15 @@ Equivariance: for every main-table model, `equivariance_error` (MixUp and CutMix
 held-out test pairs, seed 0) goes to `fashion_mnist_equivariance.csv`.
 
 Everything is resumable: a run whose method × seed × settings already has a row in the CSV is skipped, and each row is
-written as soon as its run ends. Times on 2 idle CPU cores: γ selection (8 runs) ≈ 8 min, main table (15 runs) ≈ 14 min,
-ablations (11 runs) ≈ 12 min. Under load use `--threads 1`: two OpenMP threads on two busy cores are several times
-slower than one.
+written as soon as its run ends (so an interrupted command can simply be started again).
+
+Time. Estimated for 2 idle CPU cores from baselines.md (ERM ≈ 38 s per run, an SEM step ≈ 1.38× a MixUp step), not
+measured here: γ selection (8 runs) ≈ 8 min, main table (15 runs + evaluation) ≈ 14 min, so the default command
+≈ 22 min; ablations (10 runs) ≈ 10 min. Measured on the shared machine of the committed results (one torch thread,
+1-min load average 1.2–7.6 from other jobs): the default command took 102 min, the ablations another 59 + 17 min
+(partly alongside it). Under load use `--threads 1`: two OpenMP threads on two busy cores were 3-7× slower than one
+in a quick check. Each part can be run on its own (--select-gamma, --main, --ablation), and --seeds / --methods /
+--max-ablation-runs split them further.
 """
 from __future__ import annotations
 import argparse, os, sys, time, warnings
