@@ -51,7 +51,7 @@ Time. Estimated for 2 idle CPU cores from baselines.md (ERM ≈ 38 s per run, an
 measured here: γ selection (8 runs) ≈ 8 min, main table (15 runs + evaluation) ≈ 14 min, so the default command
 ≈ 22 min; ablations (10 runs) ≈ 10 min. Measured on the shared machine of the committed results (one torch thread,
 1-min load average 1.2–7.6 from other jobs): the default command took 102 min, the ablations another 59 + 17 min
-(partly alongside it). Under load use `--threads 1`: two OpenMP threads on two busy cores were 3-7× slower than one
+(partly alongside it). Under load use `--threads 1`: two OpenMP threads on two busy cores were 1.2-8× slower than one
 in a quick check. Each part can be run on its own (--select-gamma, --main, --ablation), and --seeds / --methods /
 --max-ablation-runs split them further.
 """
