@@ -67,7 +67,9 @@ class Watched:
         self.page = self.ctx.new_page()
         self.page.on('console', lambda m: m.type == 'error' and self.errors.append(f'console: {m.text} ({m.location.get("url")})'))
         self.page.on('pageerror', lambda e: self.errors.append(f'page error: {e}'))
-        self.page.on('requestfailed', lambda r: r.url.startswith(local) and self.errors.append(f'failed: {r.url} {r.failure}'))
+        # net::ERR_ABORTED is the browser cancelling a pending request (e.g. the favicon) when the test navigates on
+        self.page.on('requestfailed', lambda r: r.url.startswith(local) and 'ERR_ABORTED' not in str(r.failure)
+                     and self.errors.append(f'failed: {r.url} {r.failure}'))
         self.page.on('response', lambda r: r.status >= 400 and self.errors.append(f'HTTP {r.status}: {r.url}'))
 
     def goto(self, url, idle=True):
