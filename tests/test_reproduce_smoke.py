@@ -69,7 +69,8 @@ def test_selection_ablation_equivariance(smoke):
     assert set(sel['method']) == {'SEM+MixUp', 'SEM+CutMix'} and sel['selected'].all()
     assert sel['valid_clean_acc'].between(0, 1).all() and 'clean_acc' not in sel   # the test split is not touched
     abl = pd.read_csv(out / 'fashion_mnist_ablations.csv')
-    assert set(abl['ablation']) == {'gamma', 'detach_target', 'layer', 'shared_batch'}
+    assert set(abl['ablation']) == {'gamma', 'detach_target', 'layer', 'shared_batch', 'clean_bn'}
+    assert set(abl.loc[abl['ablation'] == 'clean_bn', 'method']) == {'SEM+MixUp', 'SEM+CutMix'}
     assert set(abl['layer'].astype(str)) == {'pooled', '1', '2'}
     assert abl['clean_acc'].between(0, 1).all()
     eq = pd.read_csv(out / 'fashion_mnist_equivariance.csv')
@@ -94,3 +95,43 @@ def test_resume_keys(tmp_path):
     assert not r.done(df, r.planned_row('SEM+MixUp', 1, args, 60000, gamma=3., detach_target=False))
     assert not r.done(df, r.planned_row('ERM', 1, args, 60000))
     assert not r.done(df, r.planned_row('ERM', 0, r.parse_args(['--epochs', '3']), 60000))
+
+
+def test_clean_pass_keeps_bn_stats():
+    "The BatchNorm study's variant: its clean pass leaves the running statistics alone; SEMMixup's updates them"
+    import torch
+    from fastai.vision.all import Learner, DataLoaders, CrossEntropyLossFlat
+    from fastai_sem.callback import SEMMixup
+    from fastai_sem.cli import small_cnn
+    r = _module()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for cls, changed in ((SEMMixup, True), (r.CleanPassKeepsBNStats, False)):
+        learn = Learner(DataLoaders([], []), small_cnn(1, 10), loss_func=CrossEntropyLossFlat(), cbs=cls())
+        learn.model.train()
+        before = {n: b.clone() for n, b in learn.model.named_buffers()}
+        learn.xb, learn.yb = (x,), (y,)
+        cb = next(c for c in learn.cbs if isinstance(c, SEMMixup))
+        cb.before_train(); cb.before_batch()
+        assert cb.h_clean.shape == (8, 128)
+        moved = any(not torch.equal(before[n], b) for n, b in learn.model.named_buffers())
+        assert moved == changed, cls.__name__
+        learn.model(*learn.xb)   # the training forward still updates them
+        assert any(not torch.equal(before[n], b) for n, b in learn.model.named_buffers())
+
+
+def test_fast_loader_gives_the_batches_of_arrays_dls():
+    "The reproduction's loader yields arrays_dls's batches, bit for bit and in the same order, epoch after epoch"
+    import torch
+    from fastai_sem.data import load_fashion_small, arrays_dls
+    r = _module()
+    xt, yt, xv, yv = load_fashion_small()
+    a, b = arrays_dls(xt, yt, xv, yv, bs=64, seed=3), r.fast_arrays_dls(xt, yt, xv, yv, bs=64, seed=3)
+    for u, v in zip(r._normalize_stats(a), r._normalize_stats(b)): assert torch.equal(u, v)
+    for dl_a, dl_b in zip(a.loaders, b.loaders):
+        assert len(dl_a) == len(dl_b) > 0
+        for epoch in range(2):
+            n = 0
+            for (xa, ya), (xb, yb) in zip(dl_a, dl_b):
+                assert type(xa) is type(xb) and xa.dtype == xb.dtype and torch.equal(xa, xb) and torch.equal(ya, yb)
+                n += 1
+            assert n == len(dl_a)
