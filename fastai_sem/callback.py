@@ -32,7 +32,7 @@ def _mixed_label_loss(loss_func, pred, y, lam, perm):
                          f"SEMMixup needs one loss per sample, shape {tuple(lam.shape)}")
     return reduce_loss(torch.lerp(partner, own, lam), getattr(loss_func, 'reduction', 'mean'))
 
-def _checked_mix(mixer, x) -> MixedBatch:
+def _checked_mix(mixer, x, check_values=True) -> MixedBatch:
     "`mixer(x)` as a `MixedBatch`, or a `ValueError` naming `mix` if it is not one for `x`"
     try: mixed = MixedBatch(*mixer(x))
     except TypeError as e: raise ValueError(f"`mix` must return (x, lam, perm), e.g. a `MixedBatch`: {e}") from e
@@ -42,7 +42,7 @@ def _checked_mix(mixer, x) -> MixedBatch:
                          f"expected x {tuple(x.shape)} and lam, perm of shape ({n},)")
     if mixed.perm.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"`mix` returned perm of dtype {mixed.perm.dtype}: it must hold integer sample indices")
-    if (~torch.isfinite(mixed.lam) | (mixed.lam < 0) | (mixed.lam > 1)).any() | ((mixed.perm < 0) | (mixed.perm >= n)).any():
+    if check_values and (~torch.isfinite(mixed.lam) | (mixed.lam < 0) | (mixed.lam > 1)).any() | ((mixed.perm < 0) | (mixed.perm >= n)).any():
         raise ValueError(f"`mix` returned lam outside [0, 1] or perm outside [0, {n}): lam {mixed.lam.tolist()}, perm {mixed.perm.tolist()}")
     return mixed
 
@@ -85,6 +85,7 @@ class SEMMixup(Callback):
         for name, flag in (('detach_target', detach_target), ('shared_batch', shared_batch)):
             if not isinstance(flag, bool): raise ValueError(f"`{name}` must be True or False, got {flag!r}")
         self.mixer, self.distance = get_mixer(mix, alpha, switch_prob), get_distance(distance)
+        self.user_mixer = not isinstance(mix, str)   # the named mixers give valid λ and perm by construction
         store_attr('gamma,layer,detach_target,shared_batch')
         self.lam = self.perm = self.sem_loss = self.label_loss = None
         self.capture = self.h_clean = None
@@ -111,7 +112,7 @@ class SEMMixup(Callback):
         _check_targets(self.yb)
         x, y = self.xb[0], self.y
         if self.shared_batch: x, y = x[:(len(x)+1)//2], y[:(len(x)+1)//2]   # the anchors
-        mixed = _checked_mix(self.mixer, x)
+        mixed = _checked_mix(self.mixer, x, check_values=self.user_mixer)
         self.mixed_lam, self.mixed_perm = mixed.lam.float(), mixed.perm
         if self.shared_batch:
             # forward batch = [anchors, mixes of anchors]; the anchors count as "mixed" with themselves at λ = 1

@@ -7,6 +7,7 @@ Docs: https://fastai-sem.github.io/fastai-sem/mixers.html.md"""
 # %% ../nbs/00_mixers.ipynb #09689aa4
 from __future__ import annotations
 import math
+from functools import lru_cache
 from typing import NamedTuple
 from fastai.basics import *
 from torch.distributions.beta import Beta
@@ -29,9 +30,14 @@ def check_alpha(alpha, name='alpha'):
         raise ValueError(f"`{name}` must be a finite number > 0 (the concentration of Beta({name}, {name})), got {alpha!r}")
     return float(alpha)
 
+@lru_cache(maxsize=16)
+def _beta(alpha:float) -> Beta:
+    "Beta(`alpha`, `alpha`), made once per `alpha`: building it costs 3× drawing from it"
+    return Beta(torch.tensor(alpha), torch.tensor(alpha))
+
 def sample_lam(alpha:float, n:int, device=None) -> Tensor:
     "`n` draws of λ ~ Beta(`alpha`, `alpha`) as a float32 tensor on `device`"
-    return Beta(torch.tensor(alpha), torch.tensor(alpha)).sample((n,)).to(device)
+    return _beta(alpha).sample((n,)).to(device)
 
 # %% ../nbs/00_mixers.ipynb #198ae895
 class Mixer:
