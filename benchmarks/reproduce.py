@@ -381,6 +381,7 @@ def ablations(args, gammas, fn, data=None):
     runs += [dict(method=m, seed=s, gamma=v, cols={'ablation': 'gamma'})
              for v in args.gamma_seeds for s in args.seeds for m in ('SEM+MixUp', 'SEM+CutMix')
              if not (m == 'SEM+MixUp' and v == g)]
+    if args.only: runs = [r for r in runs if r['cols']['ablation'] in args.only]
     if args.max_ablation_runs: runs = runs[:args.max_ablation_runs]
     return run_grid(runs, data, args, fn, title='ablations'), data
 
@@ -429,6 +430,8 @@ def parse_args(argv=None):
     p.add_argument('--ablation-seeds', type=int, nargs='+', default=[0])
     p.add_argument('--gamma-seeds', type=float, nargs='+', default=[],
                    help='with --ablation: also SEM+MixUp/SEM+CutMix at these γ for every seed of --seeds (post hoc)')
+    p.add_argument('--only', nargs='+', default=None, choices=['gamma', 'detach_target', 'layer', 'shared_batch'],
+                   help='run only these ablations (e.g. --only shared_batch --ablation-seeds 1 2)')
     p.add_argument('--max-ablation-runs', type=int, default=0, help='run only the first N ablation runs (0: all)')
     p.add_argument('--n-train', type=int, default=0, help='use only the first N training images (0: all)')
     p.add_argument('--n-test', type=int, default=0, help='use only the first N test images (0: all 10,000)')

@@ -135,3 +135,14 @@ def test_fast_loader_gives_the_batches_of_arrays_dls():
                 assert type(xa) is type(xb) and xa.dtype == xb.dtype and torch.equal(xa, xb) and torch.equal(ya, yb)
                 n += 1
             assert n == len(dl_a)
+
+
+def test_only_filters_the_ablations(monkeypatch):
+    "--only keeps the named ablations, for every --ablation-seeds seed, and nothing else"
+    r = _module()
+    planned = {}
+    monkeypatch.setattr(r, 'run_grid', lambda runs, *a, **kw: planned.setdefault('runs', runs))
+    args = r.parse_args(['--ablation', '--only', 'shared_batch', 'detach_target', '--ablation-seeds', '1', '2'])
+    r.ablations(args, {'SEM+MixUp': 3., 'SEM+CutMix': 3.}, Path('unused.csv'), data=object())
+    assert sorted((x['seed'], x['cols']['ablation']) for x in planned['runs']) == \
+        [(1, 'detach_target'), (1, 'shared_batch'), (2, 'detach_target'), (2, 'shared_batch')]
