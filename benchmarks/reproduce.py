@@ -49,10 +49,12 @@ written as soon as its run ends (so an interrupted command can simply be started
 
 Time, measured: the default command took 22 min 23 s on 2 idle CPU cores (AMD EPYC, torch's default of 2 threads;
 γ selection 8 × ~55 s, main table 15 runs of 42-62 s training + 5-13 s evaluation); the log and CSVs of that run
-are in benchmarks/results/threads2/. The ablations (10 runs) and the BatchNorm study (6 runs) add about 10 and 6 min.
+are in benchmarks/results/threads2/. The ablations (10 runs) and the BatchNorm study (6 runs) add about 10 and 6 min
+(estimated from those per-run times, not measured as a whole).
 Under load use `--threads 1`: two OpenMP threads on two busy cores were 1.2-8× slower than one in a quick check.
-Each part can be run on its own (--select-gamma, --main, --ablation, --bn-study), and --seeds / --methods /
---max-ablation-runs split them further.
+Each part can be run on its own (--select-gamma, --main, --ablation, --bn-study), and --seeds / --methods / --only /
+--max-ablation-runs split them further. The committed ablations also hold seeds 1 and 2 of the two modes:
+`--ablation --only detach_target shared_batch --ablation-seeds 1 2`.
 
 Threads and bit-exactness: training is deterministic for a given number of torch threads, but the thread count
 changes the order of floating-point sums, so 1 and 2 threads give slightly different models. The committed
