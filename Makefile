@@ -4,15 +4,21 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-slow docs bench repro clean-venv
+.PHONY: run test test-slow docs bench repro clean-venv venv-install
 
+# nbdev-export rewrites pyproject.toml (same content, new mtime): reinstall only when its content has changed.
 .venv/.done: pyproject.toml
+	@if [ -f $@ ] && cmp -s pyproject.toml .venv/pyproject.installed; then touch $@; \
+	else $(MAKE) --no-print-directory venv-install; fi
+
+venv-install:
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds these machines carry on disk (CPU here, CUDA-capable elsewhere)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	cp pyproject.toml .venv/pyproject.installed
+	touch .venv/.done
 
 # System packages the tests use: Fashion-MNIST (science smoke test) and Chromium (docs browser test).
 .sysdeps.done:
