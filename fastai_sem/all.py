@@ -2,5 +2,6 @@
 from .mixers import *
 from .features import *
 from .penalty import *
+from .step import *
 from .callback import *
 from .data import *

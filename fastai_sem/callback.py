@@ -6,48 +6,17 @@
 from __future__ import annotations
 import warnings
 from fastai.basics import *
-from fastai.callback.mixup import MixHandler, reduce_loss
+from fastai.callback.mixup import MixHandler
 from fastai.callback.training import GradientAccumulation
 from .mixers import *
 from .features import *
 from .penalty import *
+from .step import *
 
 # %% auto #0
 __all__ = ['SEMMixup']
 
 # %% ../nbs/03_callback.ipynb #8a815e04
-def _mixed_label_loss(loss_func, pred, y, lam, perm):
-    "λ·L(pred, y) + (1−λ)·L(pred, y[perm]) for class indices; L(pred, mixed y) for float targets"
-    if y.is_floating_point():
-        return loss_func(pred, torch.lerp(y[perm], y, lam.to(y.dtype).view(-1, *[1]*(y.ndim-1))))
-    try:
-        with NoneReduce(loss_func) as lf: own, partner = lf(pred, y), lf(pred, y[perm])
-    except TypeError as e:
-        raise ValueError("SEMMixup needs `loss_func` to give one loss per sample with `reduction='none'` "
-                         f"(as fastai's and PyTorch's losses do): {e}") from e
-    if own.shape != lam.shape:
-        raise ValueError(f"`loss_func` with reduction='none' returned shape {tuple(own.shape)}; "
-                         f"SEMMixup needs one loss per sample, shape {tuple(lam.shape)}")
-    return reduce_loss(torch.lerp(partner, own, lam), getattr(loss_func, 'reduction', 'mean'))
-
-def _checked_mix(mixer, x, check_values=True) -> MixedBatch:
-    "`mixer(x)` as a `MixedBatch`, or a `ValueError` naming `mix` if it is not one for `x`"
-    try: mixed = MixedBatch(*mixer(x))
-    except TypeError as e: raise ValueError(f"`mix` must return (x, lam, perm), e.g. a `MixedBatch`: {e}") from e
-    n = len(x)
-    if mixed.x.shape != x.shape or mixed.lam.shape != (n,) or mixed.perm.shape != (n,):
-        raise ValueError(f"`mix` returned x {tuple(mixed.x.shape)}, lam {tuple(mixed.lam.shape)}, perm {tuple(mixed.perm.shape)}; "
-                         f"expected x {tuple(x.shape)} and lam, perm of shape ({n},)")
-    if mixed.mask is not None and (mixed.mask.ndim != 4 or mixed.mask.shape[0] not in (1, n) or mixed.mask.shape[1] != 1
-                                   or mixed.mask.shape[-2:] != x.shape[-2:]):
-        raise ValueError(f"`mix` returned a mask of shape {tuple(mixed.mask.shape)}: it must be (bs or 1, 1, H, W) with the "
-                         f"images' H, W {tuple(x.shape[-2:])}, or None")
-    if mixed.perm.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"`mix` returned perm of dtype {mixed.perm.dtype}: it must hold integer sample indices")
-    if check_values and (~torch.isfinite(mixed.lam) | (mixed.lam < 0) | (mixed.lam > 1)).any() | ((mixed.perm < 0) | (mixed.perm >= n)).any():
-        raise ValueError(f"`mix` returned lam outside [0, 1] or perm outside [0, {n}): lam {mixed.lam.tolist()}, perm {mixed.perm.tolist()}")
-    return mixed
-
 def _finite_everywhere(t:Tensor) -> bool:
     "Whether `t` is finite on every process, so that under DDP all processes skip a step together"
     ok = torch.isfinite(t).float().reshape(1)
@@ -55,46 +24,23 @@ def _finite_everywhere(t:Tensor) -> bool:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     return bool(ok)
 
-def _check_targets(yb):
-    "Raise a `ValueError` unless `yb` holds one classification target per sample"
-    if len(yb) != 1: raise ValueError(f"SEMMixup needs exactly one target per batch, got {len(yb)}")
-    y = yb[0]
-    if not y.is_floating_point() and y.ndim == 1: return
-    if y.is_floating_point() and y.ndim == 2 and y.shape[1] > 1: return
-    kind = 'segmentation masks or dense' if y.ndim > 2 or (y.ndim == 2 and not y.is_floating_point()) else 'regression'
-    raise ValueError(f"SEMMixup mixes whole images, so it needs class targets (integers, shape (bs,)) or soft/multi-label "
-                     f"targets (floats, shape (bs, n_classes)); these targets, {y.dtype} of shape {tuple(y.shape)}, look "
-                     f"like {kind} targets, for which a mixed image has no mixed label")
-
 # %% ../nbs/03_callback.ipynb #12884838
+def _sem_option(name):
+    "A property of `SEMMixup` that reads and sets `name` on its `SEM`"
+    return property(lambda self: getattr(self.sem, name), lambda self, value: setattr(self.sem, name, value),
+                    doc=f"`SEM.{name}` of this callback's `sem`")
+
 class SEMMixup(Callback):
     "Semantic Equivariant Mixup: mixed inputs, mixed labels, and a penalty that makes the representation mix the same way"
     order, run_valid = 55, False
-    def __init__(self,
-        alpha:float|None=None,  # Beta(alpha, alpha) of λ; None: the mixer's default (MixUp 0.4, CutMix 1.0)
-        gamma:float=1.,         # weight γ of the equivariance penalty (0: the plain mixer)
-        mix:str|Mixer='mixup',  # 'mixup', 'cutmix', 'switch' (random per batch) or a `Mixer`
-        layer:str|nn.Module|None=None, # where h is read (see `representation_site`); None: input of the final classifier
-        distance:str|Callable='mse',   # 'mse', 'l2', 'cosine' or f(h_mixed, target) -> scalar
-        standardize:str|None='global', # scale-free penalty: 'global', 'feature', or None for the raw penalty
-        spatial:bool=False,      # penalise the feature map before global pooling, with a per-location (mask-aware) target
-        detach_target:bool=True, # no gradient through λ·h(x)+(1−λ)·h(x[perm])
-        switch_prob:float=0.5,   # with mix='switch': probability that a batch uses CutMix
-        shared_batch:bool=False, # no extra forward pass: the batch's first half, trained clean, anchors mixes made from it
-    ):
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"`gamma` must be a finite number >= 0 (the weight of the penalty), got {gamma!r}")
-        if layer is not None and not isinstance(layer, (str, nn.Module)):
-            raise ValueError(f"`layer` must be None, an nn.Module or a dotted module name, got {type(layer).__name__}")
-        if standardize not in STANDARDIZE:
-            raise ValueError(f"`standardize` must be one of {list(STANDARDIZE)}, got {standardize!r}")
-        for name, flag in (('detach_target', detach_target), ('shared_batch', shared_batch), ('spatial', spatial)):
-            if not isinstance(flag, bool): raise ValueError(f"`{name}` must be True or False, got {flag!r}")
-        self.mixer, self.distance = get_mixer(mix, alpha, switch_prob), get_distance(distance)
-        self.user_mixer = not isinstance(mix, str)   # the named mixers give valid λ and perm by construction
-        store_attr('gamma,layer,standardize,spatial,detach_target,shared_batch')
-        self.lam = self.perm = self.sem_loss = self.label_loss = None
+    @delegates(SEM)   # the options and their defaults are `SEM`'s
+    def __init__(self, **kwargs):
+        self.sem = SEM(None, **kwargs)   # checks the options now; the Learner's model is attached in before_train
+        self.step = self.lam = self.perm = self.sem_loss = self.label_loss = None
         self.capture = self.h_clean = None
+
+    gamma, mixer, distance, layer, standardize, spatial, detach_target, shared_batch, site = map(_sem_option,
+        ('gamma', 'mixer', 'distance', 'layer', 'standardize', 'spatial', 'detach_target', 'shared_batch', 'site'))
 
     def before_fit(self):
         "Refuse fastai's own MixUp/CutMix; add the `label_loss` and `sem_loss` columns after the Recorder's training columns"
@@ -107,56 +53,35 @@ class SEMMixup(Callback):
         rec.metric_names = rec.metric_names[:at] + L('label_loss', 'sem_loss') + rec.metric_names[at:]
 
     def before_train(self):
-        "Find h, reset the epoch averages"
-        self.site = penalty_site(self.learn.model, self.layer, self.spatial)
-        if self.capture is not None: self.capture.remove()   # set up by a step that was interrupted before its forward
+        "Find h in the model as it is now (converted, wrapped); reset the epoch averages"
+        self.sem.model = self.learn.model
+        if self.step is not None: self.step.close()   # set up by a step that was interrupted before its forward
+        self.step = self.capture = self.h_clean = None
         self._sums, self._count = 0., 0
 
     def before_batch(self):
-        "Mix the batch, get the clean representations' source ready, and set up the capture of h(x̃)"
+        "Start the SEM step: the Learner trains on its mixed batch, and its capture reads h(x̃) in the forward pass"
         if len(self.xb) != 1: raise ValueError(f"SEMMixup mixes a single input tensor, but the batch has {len(self.xb)} inputs")
-        _check_targets(self.yb)
-        x, y = self.xb[0], self.y
-        if self.shared_batch: x, y = x[:(len(x)+1)//2], y[:(len(x)+1)//2]   # the anchors
-        mixed = _checked_mix(self.mixer, x, check_values=self.user_mixer)
-        self.mixed_lam, self.mixed_perm, self.mixed_mask = mixed.lam.float(), mixed.perm, mixed.mask
-        if self.shared_batch:
-            # forward batch = [anchors, mixes of anchors]; the anchors count as "mixed" with themselves at λ = 1
-            self.lam = torch.cat([torch.ones_like(self.mixed_lam), self.mixed_lam])
-            self.perm = torch.cat([torch.arange(len(x), device=x.device), mixed.perm])
-            self.learn.xb, self.learn.yb = (torch.cat([x, mixed.x]),), (torch.cat([y, y]),)
-        else:
-            self.lam, self.perm = self.mixed_lam, self.mixed_perm
-            with torch.set_grad_enabled(not self.detach_target):
-                self.h_clean = forward_features(unwrap_model(self.learn.model), self.site, x)
-            self.learn.xb = (mixed.x,)
-        self.capture = FeatureCapture(self.learn.model, self.site)  # last thing before the Learner's forward pass
-
-    def _representations(self):
-        "h(x̃) and h(x) of this step"
-        h = self.capture.features
-        if not self.shared_batch: return h, self.h_clean
-        h_clean = h[:len(h)//2]
-        return h[len(h)//2:], (h_clean.detach() if self.detach_target else h_clean)
+        if len(self.yb) != 1: raise ValueError(f"SEMMixup needs exactly one target per batch, got {len(self.yb)}")
+        self.step = step = self.sem.step(self.xb[0], self.y)
+        self.lam, self.perm, self.capture, self.h_clean = step.lam, step.perm, step.capture, step.h_clean
+        self.mixed_lam, self.mixed_perm, self.mixed_mask = step.mixed.lam, step.mixed.perm, step.mixed.mask
+        self.learn.xb, self.learn.yb = (step.x,), (step.y,)
 
     def after_loss(self):
-        "Replace the loss by the mixed-label loss + γ·penalty"
-        h_mixed, h_clean = self._representations()
-        self.capture = self.h_clean = None
-        label = _mixed_label_loss(self.learn.loss_func, self.pred, self.y, self.lam, self.perm)
-        penalty = sem_penalty(h_mixed, h_clean, self.mixed_lam, self.mixed_perm, self.distance, self.mixed_mask, self.standardize)
-        if penalty.ndim != 0: raise ValueError(f"`distance` must return a scalar, got a tensor of shape {tuple(penalty.shape)}")
-        total = label + self.gamma * penalty
-        self.label_loss, self.sem_loss = label.detach(), penalty.detach()
-        if not _finite_everywhere(total):
+        "Replace the loss by the step's: mixed-label loss + γ·penalty"
+        out = self.step.loss(self.pred, self.learn.loss_func)
+        self.step = self.capture = self.h_clean = None
+        self.label_loss, self.sem_loss = out.label_loss.detach(), out.penalty.detach()
+        if not _finite_everywhere(out.total):
             warnings.warn(f"SEMMixup skipped a training step: non-finite loss (label loss {self.label_loss.item():.4g}, "
                           f"penalty {self.sem_loss.item():.4g})")
             raise CancelBatchException()
-        bs = len(self.lam)
+        bs = len(out.lam)
         self._sums, self._count = self._sums + torch.stack([self.label_loss, self.sem_loss]).float()*bs, self._count + bs
         ga = next((cb for cb in self.learn.cbs if isinstance(cb, GradientAccumulation)), None)
-        self.learn.loss_grad = total * (bs/ga.n_acc if ga is not None else 1.)
-        self.learn.loss = total.detach()
+        self.learn.loss_grad = out.total * (bs/ga.n_acc if ga is not None else 1.)
+        self.learn.loss = out.total.detach()
 
     def after_train(self):
         "Log this epoch's average label loss and penalty in the Recorder's columns"
