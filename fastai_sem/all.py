@@ -5,3 +5,4 @@ from .penalty import *
 from .step import *
 from .callback import *
 from .data import *
+from .gamma_find import *
