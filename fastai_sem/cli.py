@@ -215,10 +215,11 @@ COLUMNS = {'γ': 'weight of the SEM penalty (0: plain mixing)',
            'sem_loss': 'SEM penalty, unweighted (measured, not trained on, at γ = 0)',
            'seconds': 'training time'}
 
-def _fmt(v) -> str:
-    "A number as people write it: 1 not 1.0, 0.9850, 39.1"
+def _fmt(v, col:str='') -> str:
+    "A number as people write it: γ 1 (not 1.0), accuracy 0.9850, seconds 39.1"
     if isinstance(v, str): return v
-    if isinstance(v, (int,)) or (isinstance(v, float) and float(v).is_integer() and abs(v) < 1e6): return f'{int(v):,}'
+    if col == 'seconds': return f'{v:,.1f}'
+    if isinstance(v, int) or (isinstance(v, float) and float(v).is_integer() and abs(v) < 1e6): return f'{int(v):,}'
     return f'{v:.4f}' if abs(v) < 10 else f'{v:,.1f}'
 
 def _plain_epoch_log(learn):
@@ -272,7 +273,7 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
         if not progress:
             learn.remove_cb(fv.ProgressCallback)
             learn.logger = _plain_epoch_log(learn)
-        print(f"\n{name}: {mix}, γ {_fmt(g)}, {arch}, {epochs} epochs of {len(dls.train)} steps, batch size {bs}", flush=True)
+        print(f"\n{name}: {mix}, γ {_fmt(g)}, {arch}, {epochs} epoch{'s' if epochs > 1 else ''} of {len(dls.train)} steps, batch size {bs}", flush=True)
         start = time.perf_counter()
         learn.fit_one_cycle(epochs, lr)
         rec = dict(zip(learn.recorder.metric_names[1:-1], learn.recorder.values[-1]))
@@ -289,7 +290,7 @@ def results_table(res, # the DataFrame `run_training` returns
     "`res` as an aligned text table, numbers formatted for people, with a line that explains its columns"
     res = res.rename(columns={'gamma': 'γ'})
     cols = list(res.columns)
-    cells = [cols] + [[_fmt(v) for v in row] for row in res.itertuples(index=False)]
+    cells = [cols] + [[_fmt(v, c) for v, c in zip(row, cols)] for row in res.itertuples(index=False)]
     w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
     lines = ['  '.join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in cells]
     notes = '; '.join(f'{c}: {COLUMNS[c]}' for c in cols if c in COLUMNS)
