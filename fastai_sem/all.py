@@ -6,3 +6,4 @@ from .step import *
 from .callback import *
 from .data import *
 from .gamma_find import *
+from .compare import *

@@ -46,7 +46,8 @@ def valid_images(
         for i, c in enumerate(yb.tolist()):
             if n_per_class is None or counts.get(c, 0) < n_per_class: keep.append(i); counts[c] = counts.get(c, 0) + 1
         if keep: xs.append(_uint8_images(dl, b[0][keep])); ys.append(yb[keep].cpu().numpy())
-        if n_per_class is not None and len(counts) >= dls.c and min(counts.values()) >= n_per_class: break
+        n_classes = getattr(dls, 'c', None)   # stop early once every class has its images
+        if n_per_class is not None and n_classes and len(counts) >= n_classes and min(counts.values()) >= n_per_class: break
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 # %% ../nbs/06_gamma_find.ipynb #99a76cff
