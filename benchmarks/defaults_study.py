@@ -1,0 +1,275 @@
+#!/usr/bin/env python
+"""Choosing SEMMixup's defaults by evidence: raw vs scale-free, pooled vs spatial and γ, for MixUp and CutMix, on two
+architectures, on validation splits only; then the test-set table at the chosen defaults.
+
+    python benchmarks/defaults_study.py --grid        # the validation grid (rows into defaults_grid.csv)
+    python benchmarks/defaults_study.py --select      # apply the selection rule to the grid; print and save the choice
+    python benchmarks/defaults_study.py --test        # the test table: ERM, fastai MixUp/CutMix, SEMMixup() at its defaults
+    python benchmarks/defaults_study.py --grid --worker 0/2 & python benchmarks/defaults_study.py --grid --worker 1/2
+    python benchmarks/defaults_study.py --smoke       # every code path on tiny sizes (< 2 min), into a temporary folder
+
+Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
+`fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
+128, `fit_one_cycle(4, 3e-3)`, trained on 8,000 images only (a ResNet-18 step of 128 images costs ≈ 0.5 s of one
+core here). Adam (fastai's default) for both.
+
+Validation (`--grid`): train on the first 20,000 training images (ResNet: the first 8,000), evaluate on the
+last 5,000 training images, which no run trains on: clean accuracy, ECE, corruption accuracy (all 15 corruptions ×
+5 severities of a class-balanced 1,000-image subset of the validation images, seed 0), and OOD AUROC by the MSP and
+the energy score with scikit-learn's 1,797 8×8 digits upscaled to 28 px as the out-of-distribution set. The test
+table measures OOD against MNIST instead, so the OOD set used for choosing is not the one reported.
+
+Selection rule (`--select`), fixed before the grid was run: for each mixer, each configuration's paired difference
+to fastai's own mixer (MixUp(0.4) or CutMix(1.0)) on validation, per architecture; a configuration is eligible if on
+both architectures its clean accuracy is at most 0.005 below the base mixer's and its ECE at most 0.01 above; among
+the eligible ones the default is the one with the largest mean over the two architectures of
+Δcorruption accuracy + ½(ΔAUROC_msp + ΔAUROC_energy). If none is eligible or none has a positive score, the
+default is the one closest to the plain mixer (smallest γ). One seed per configuration (cost), stated as such.
+
+Test (`--test`): train on all 60,000 training images (ResNet: the first 8,000), evaluate on the 10,000 test images:
+clean accuracy, corruption accuracy (15 × 5 on a 2,000-image class-balanced subset, ResNet 1,000; seed 0), MSP and energy AUROC
+and FPR95 against MNIST-5k, ECE, NLL; seeds 0, 1, 2; methods ERM, fastai MixUp(0.4), fastai CutMix(1.0),
+`SEMMixup(mix='mixup')` and `SEMMixup(mix='cutmix')` with the library's defaults as they are when the script runs.
+
+Every run appends its row to the CSV as soon as it ends; a run already in the CSV is skipped, so the command can be
+restarted. `--worker i/n` runs every n-th pending run (start n processes with --threads 1 on n cores) and writes to
+its own CSV file (`*.wI.csv`), which every reader merges.
+"""
+from __future__ import annotations
+import argparse, os, sys, time, warnings
+from pathlib import Path
+
+warnings.filterwarnings('ignore', category=FutureWarning)
+warnings.filterwarnings('ignore', message='IProgress not found')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np, pandas as pd, torch
+import torch.nn.functional as F
+import torchvision
+from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy, set_seed, vision_learner
+from fastai.callback.mixup import MixUp, CutMix
+import reproduce as R
+from fastai_sem.callback import SEMMixup
+from fastai_sem.cli import small_cnn
+
+RESULTS = R.RESULTS
+ARCHS = ('cnn', 'resnet18')
+# training images of the grid / of the test table (None: all), epochs, batch size, size of the test corruption subset
+ARCH_SETTINGS = {'cnn':      dict(n_grid=20000, n_test=None, epochs=5, bs=256, n_corrupt=2000),
+                 'resnet18': dict(n_grid=8000, n_test=8000, epochs=4, bs=128, n_corrupt=1000)}
+# the candidate configurations of the grid: SEMMixup kwargs besides `mix` (γ grids from a 2-epoch look at the
+# scale-free penalty's size: about 0.04-0.09 at γ=1 on the CNN, 3-7× the raw one)
+CONFIGS = {
+    'raw γ=1':         dict(standardize=None, spatial=False, gamma=1.),
+    'raw γ=3':         dict(standardize=None, spatial=False, gamma=3.),
+    'global γ=0.3':    dict(standardize='global', spatial=False, gamma=.3),
+    'global γ=1':      dict(standardize='global', spatial=False, gamma=1.),
+    'global γ=3':      dict(standardize='global', spatial=False, gamma=3.),
+    'spatial γ=0.3':   dict(standardize='global', spatial=True, gamma=.3),
+    'spatial γ=1':     dict(standardize='global', spatial=True, gamma=1.),
+    'spatial γ=3':     dict(standardize='global', spatial=True, gamma=3.),
+    'feature γ=1':     dict(standardize='feature', spatial=False, gamma=1.),
+}
+# the ResNet is 10× the cost of the CNN per run: it gets the configurations that decide between the families
+RESNET_CONFIGS = ('raw γ=1', 'global γ=0.3', 'global γ=1', 'spatial γ=0.3', 'spatial γ=1')
+BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
+KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
+
+
+def digits_ood() -> np.ndarray:
+    "scikit-learn's 1,797 8×8 digits as uint8 28×28 images (the validation OOD set; the test one is MNIST)"
+    from sklearn.datasets import load_digits
+    x = torch.from_numpy(load_digits().images).float()[:, None] / 16.
+    x = F.interpolate(x, size=(28, 28), mode='bilinear', align_corners=False)
+    return (x[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+class ValidData(R.Data):
+    "The validation split of the grid with the full evaluation (corruptions, OOD) on it"
+    def __init__(self, n_train, n_corrupt, corruptions=None):
+        super().__init__(n_train=n_train, valid_last=5000, n_corrupt=n_corrupt, corruptions=corruptions)
+        self.is_valid = False          # evaluate corruptions and OOD too (on validation images)
+    def ood(self):
+        if self._ood is None: self._ood = digits_ood()
+        return self._ood
+
+
+def make_cbs(method, config):
+    "Callbacks of `method` ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix'); `config`: a CONFIGS name or 'default'"
+    if method == 'ERM': return []
+    if method == 'MixUp': return [MixUp(0.4)]
+    if method == 'CutMix': return [CutMix(1.0)]
+    mix = method.split('+')[1]
+    return [SEMMixup(mix=mix) if config == 'default' else SEMMixup(mix=mix, **CONFIGS[config])]
+
+
+def make_learner(arch, dls, cbs):
+    if arch == 'cnn': return Learner(dls, small_cnn(1, 10), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs)
+    return vision_learner(dls, getattr(torchvision.models, arch), pretrained=False, n_in=1, n_out=10,
+                          loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs)
+
+
+def run_one(r, data, args):
+    "Train and evaluate one run; return its row"
+    arch, seed = r['arch'], r['seed']
+    bs = ARCH_SETTINGS[arch]['bs'] if not args.smoke else 128
+    epochs = ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1
+    set_seed(seed, reproducible=True)
+    dls = data.dls(bs, seed)
+    set_seed(seed, reproducible=True)
+    cbs = make_cbs(r['method'], r['config'])
+    learn = make_learner(arch, dls, cbs)
+    sem = next((c for c in cbs if isinstance(c, SEMMixup)), None)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, args.lr)
+    train_s = time.perf_counter() - start
+    rec = dict(zip(learn.recorder.metric_names[1:-1], learn.recorder.values[-1]))
+    start = time.perf_counter()
+    metrics = R.evaluate(learn, data)
+    metrics.pop('_per_corruption', None); metrics.pop('clean_acc_2k', None)
+    for k in [k for k in metrics if k.startswith('sev') and k != 'sev5_acc']: metrics.pop(k)
+    settings = {} if sem is None else dict(gamma=sem.gamma, standardize=str(sem.standardize), spatial=sem.spatial)
+    return dict(**r, **settings, n_train=len(data.x_train), **metrics, label_loss=rec.get('label_loss', np.nan),
+                sem_loss=rec.get('sem_loss', np.nan), train_seconds=round(train_s, 1),
+                eval_seconds=round(time.perf_counter() - start, 1), load_avg=round(load, 2), threads=torch.get_num_threads())
+
+
+def read_all(fn):
+    "The rows of `fn` and of every worker's file beside it"
+    files = [fn, *sorted(fn.parent.glob(fn.stem + '.w*.csv'))]
+    dfs = [R.read_csv(f) for f in files if f.exists()]
+    return pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame()
+
+
+def run_runs(runs, make_data, args, fn, title):
+    have = read_all(fn)
+    todo = [r for r in runs if not R.done(have, r, KEY)]
+    if args.worker: i, n = map(int, args.worker.split('/')); todo = todo[i::n]; out = fn.with_name(f'{fn.stem}.w{i}.csv')
+    else: out = fn
+    print(f"{title}: {len(runs)} runs, {len(todo)} to run here, into {out.name}", flush=True)
+    datas = {}
+    for r in todo:
+        arch = r['arch']
+        if arch not in datas: datas = {arch: make_data(arch)}   # one architecture's data at a time
+        row = run_one(r, datas[arch], args)
+        R.append_row(out, row)
+        shown = [k for k in ('clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece') if k in row]
+        print(f"{arch:8s} {r['method']:10s} {r['config']:14s} seed {r['seed']} " + ' '.join(f"{k} {row[k]:.4f}" for k in shown)
+              + f" sem_loss {row['sem_loss']:.4f} train {row['train_seconds']:.0f}s eval {row['eval_seconds']:.0f}s"
+              f" load {row['load_avg']:.1f}", flush=True)
+    return read_all(fn)
+
+
+def grid_runs(args):
+    runs = []
+    for arch in args.archs:
+        for mix, (base, _) in BASE.items():
+            ep = ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1
+            runs.append(dict(phase='valid', arch=arch, method=base, config='base', seed=0, epochs=ep))
+            for c in (CONFIGS if arch == 'cnn' else RESNET_CONFIGS):
+                runs.append(dict(phase='valid', arch=arch, method=f'SEM+{mix}', config=c, seed=0, epochs=ep))
+    # the ResNet's runs first: they are the long ones
+    return sorted(runs, key=lambda r: r['arch'] == 'cnn')
+
+
+def valid_data(args):
+    def make(arch):
+        n = ARCH_SETTINGS[arch]['n_grid'] if not args.smoke else 512
+        return ValidData(n_train=n, n_corrupt=args.n_corrupt_valid, corruptions=args.corruptions)
+    return make
+
+
+def test_data(args):
+    def make(arch):
+        s = ARCH_SETTINGS[arch]
+        n, n_corrupt = (s['n_test'], s['n_corrupt']) if not args.smoke else (512, 100)
+        return R.Data(n_train=n, n_corrupt=n_corrupt, corruptions=args.corruptions, n_test=args.n_test or None)
+    return make
+
+
+def deltas(grid):
+    "Per mixer, config and architecture: the paired difference to fastai's own mixer on validation"
+    rows = []
+    for mix, (base, _) in BASE.items():
+        for arch, g in grid.groupby('arch'):
+            b = g[g['method'] == base]
+            if b.empty: continue
+            b = b.iloc[0]
+            for _, r in g[g['method'] == f'SEM+{mix}'].iterrows():
+                d = {k: r[k] - b[k] for k in ('clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece')}
+                rows.append(dict(mix=mix, config=r['config'], arch=arch, **{f'd_{k}': v for k, v in d.items()}))
+    return pd.DataFrame(rows)
+
+
+def select(grid, n_archs=2):
+    "The selection rule of the module docstring: (table of candidates, {mix: chosen config})"
+    d = deltas(grid)
+    d['score'] = d['d_corruption_acc'] + 0.5*(d['d_auroc_mnist'] + d['d_auroc_mnist_energy'])
+    d['ok'] = (d['d_clean_acc'] >= -0.005) & (d['d_ece'] <= 0.01)
+    table = d.groupby(['mix', 'config']).agg(archs=('arch', 'nunique'), eligible=('ok', 'all'), score=('score', 'mean'),
+                                             d_clean=('d_clean_acc', 'mean'), d_corr=('d_corruption_acc', 'mean'),
+                                             d_msp=('d_auroc_mnist', 'mean'), d_energy=('d_auroc_mnist_energy', 'mean'),
+                                             d_ece=('d_ece', 'mean')).reset_index()
+    chosen = {}
+    for mix, t in table.groupby('mix'):
+        ok = t[(t['archs'] == n_archs) & t['eligible'] & (t['score'] > 0)]
+        if ok.empty:
+            both = t[t['archs'] == n_archs]
+            gam = both['config'].map(lambda c: CONFIGS[c]['gamma'])
+            chosen[mix] = (both.loc[gam.idxmin(), 'config'] if len(both) else None, 'no eligible configuration: the smallest γ')
+        else: chosen[mix] = (ok.loc[ok['score'].idxmax(), 'config'], 'largest score among the eligible')
+    return table, chosen
+
+
+def test_runs(args):
+    return [dict(phase='test', arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
+                 epochs=ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1)
+            for s in args.seeds for arch in args.archs for m in ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix')]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--grid', action='store_true'); p.add_argument('--select', action='store_true')
+    p.add_argument('--test', action='store_true'); p.add_argument('--smoke', action='store_true')
+    p.add_argument('--archs', nargs='+', default=list(ARCHS), choices=ARCHS)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--n-corrupt-valid', type=int, default=1000)
+    p.add_argument('--n-test', type=int, default=0)
+    p.add_argument('--corruptions', nargs='+', default=None)
+    p.add_argument('--worker', default='', help='i/n: run every n-th pending run, into its own CSV')
+    p.add_argument('--threads', type=int, default=0)
+    p.add_argument('--out-dir', type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.n_corrupt_valid, args.n_test = [0], 100, 500
+        args.corruptions = args.corruptions or ['gaussian_noise', 'contrast']
+        if args.out_dir is None:
+            import tempfile; args.out_dir = Path(tempfile.mkdtemp(prefix='sem_defaults_smoke_'))
+    args.out_dir = Path(args.out_dir or RESULTS)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads: torch.set_num_threads(args.threads)
+    out = args.out_dir; out.mkdir(parents=True, exist_ok=True)
+    grid_fn, sel_fn, test_fn = out/'defaults_grid.csv', out/'defaults_selection.csv', out/'defaults_test.csv'
+    t0 = time.perf_counter()
+    if args.grid or args.smoke: run_runs(grid_runs(args), valid_data(args), args, grid_fn, 'validation grid')
+    if args.select or args.smoke:
+        table, chosen = select(read_all(grid_fn), n_archs=len(args.archs))
+        table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
+        table.to_csv(sel_fn, index=False)
+        print(table.to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
+        for mix, (c, why) in chosen.items(): print(f"{mix}: default {c} ({why})")
+    if args.test or args.smoke:
+        df = run_runs(test_runs(args), test_data(args), args, test_fn, 'test table')
+        df = df[df['phase'] == 'test']
+        for arch, g in df.groupby('arch'): print(f'\n{arch}\n' + R.summary(g).to_string())
+    print(f"done in {time.perf_counter() - t0:.0f} s; CSVs in {out}")
+
+
+if __name__ == '__main__': main()
