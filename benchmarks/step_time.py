@@ -13,7 +13,9 @@ the mixing, the forward pass, the loss, `after_loss`, the backward pass, the opt
 Contenders: no mixing (`plain`), fastai `MixUp()`, fastai `CutMix()`, `MixUp + no-grad fwd` (fastai MixUp plus one
 forward pass of the clean batch without gradient: the floor that any faithful SEM step pays), and
 `SEMMixup(mix=m)` for m in mixup/cutmix in its three modes: default (detach_target=True, one extra no-grad
-forward pass), `detach_target=False` (that pass keeps its graph) and `shared_batch=True` (no extra pass).
+forward pass), `detach_target=False` (that pass keeps its graph) and `shared_batch=True` (no extra pass); and with
+the penalty set explicitly: `raw` (the paper's penalty, `standardize=None`), `scale-free` (`standardize='global'`,
+pooled h) and `spatial` (`standardize='global', spatial=True`: the feature map before global pooling).
 
 How: every contender has its own `Learner` (same model initialisation, Adam, lr 1e-3). The contenders run in
 rounds, `--steps-per-round` steps each, in a freshly shuffled order every round (A C B … B A C …), so load
@@ -73,7 +75,14 @@ RESULTS = Path(__file__).resolve().parent/'results'
 MODELS = ('cnn@28', 'resnet18@32', 'resnet18@64')
 CONTENDERS = ('plain', 'fastai MixUp', 'fastai CutMix', 'MixUp + no-grad fwd',
               'SEM mixup', 'SEM mixup detach_target=False', 'SEM mixup shared_batch',
-              'SEM cutmix', 'SEM cutmix detach_target=False', 'SEM cutmix shared_batch')
+              'SEM cutmix', 'SEM cutmix detach_target=False', 'SEM cutmix shared_batch',
+              'SEM mixup raw', 'SEM mixup scale-free', 'SEM mixup spatial',
+              'SEM cutmix raw', 'SEM cutmix scale-free', 'SEM cutmix spatial')
+# explicit penalty modes, whatever the defaults are: the paper's raw penalty, the scale-free (standardised) pooled one,
+# and the scale-free spatial one on the feature map before global pooling
+MODES = {'detach_target=False': dict(detach_target=False), 'shared_batch': dict(shared_batch=True),
+         'raw': dict(standardize=None, spatial=False), 'scale-free': dict(standardize='global', spatial=False),
+         'spatial': dict(standardize='global', spatial=True)}
 REF = 'fastai MixUp'
 
 # ---------------------------------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ def contender_cbs(name):
     if name == 'MixUp + no-grad fwd': return [NoGradForward(), MixUp()]
     if name == 'fastai CutMix': return [CutMix()]
     _, mix, *mode = name.split(' ')
-    kw = {'detach_target=False': dict(detach_target=False), 'shared_batch': dict(shared_batch=True)}[mode[0]] if mode else {}
+    kw = MODES[mode[0]] if mode else {}
     return [SEMMixup(mix=mix, **kw)]
 
 # ---------------------------------------------------------------------------------------------------------
