@@ -21,11 +21,15 @@ venv-install:
 	touch .venv/.done
 
 # System packages the tests use: Fashion-MNIST (science smoke test) and Chromium (docs browser test).
+# As root they are installed with apt-get; otherwise install them yourself (the tests that need them are skipped
+# until then): sudo apt-get install dataset-fashion-mnist chromium
+SYSDEPS := dataset-fashion-mnist chromium
 .sysdeps.done:
-	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
-	else echo "not root: install dataset-fashion-mnist and chromium with apt yourself"; fi
-	touch $@
+	@if command -v dpkg-query >/dev/null && dpkg-query -W $(SYSDEPS) >/dev/null 2>&1; then touch $@; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq $(SYSDEPS) >/dev/null && touch $@; \
+	else echo "note: the Debian packages $(SYSDEPS) are missing and this is not root, so the tests that need them"; \
+	  echo "      are skipped. Install them with: sudo apt-get install $(SYSDEPS)"; fi
 
 ## The main job: SEM vs plain MixUp on the embedded Fashion-MNIST subset.
 run: .venv/.done

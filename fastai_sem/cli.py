@@ -325,8 +325,8 @@ folder layouts (PATH):
   Any image format PIL reads. Images are resized and centre-cropped to --size.
 
 examples:
-  fastai-sem train --compare
-  fastai-sem train PATH --epochs 10 --bs 32
+  fastai-sem train --compare                  the embedded Fashion-MNIST subset, SEM and plain MixUp
+  fastai-sem train PATH --epochs 10 --bs 32   your images, with some settings given
   fastai-sem train PATH --arch resnet18 --mix cutmix --gamma 0.5"""
 
 COMMANDS = {'train': (train, 'train with SEMMixup on a folder of images or the embedded Fashion-MNIST subset', _TRAIN_EPILOG)}

@@ -83,7 +83,23 @@ class Watched:
     def __exit__(self, *exc): self.ctx.close()
 
 
-def _pages(out): return sorted(p.relative_to(out).as_posix() for p in out.rglob('*.html'))
+def _pages(out, sources=False):
+    "The site's HTML pages; with `sources`, also the highlighted copies of the library's files (`_modules/`)"
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob('*.html') if sources or not p.relative_to(out).parts[0] == '_modules')
+
+
+# No page, stored output or docstring may send the reader outside the repository or show where it was built.
+NOT_STANDALONE = [(re.compile(r'(?<![\w.])shared/|baselines\.md'), 'a file outside the repository'),
+                  (re.compile(r'/(work|tmp|home|root|Users)/[\w.-]'), 'a path of the machine it was built on'),
+                  (re.compile(r'site-packages|\.venv/lib'), 'a path of the environment it ran in'),
+                  (re.compile(r'fastai-sem\.github\.io|github\.com/fastai-sem|fastai-sem\.invalid|<this repository>'),
+                   'a host or address that does not exist'),
+                  (re.compile(r'\b(is|are|isn.t|aren.t|not) (installed|available) here\b|\bhere\b[^.\n]{0,40}\b(not )?installed\b', re.I),
+                   'a sentence about what is installed "here"')]
+
+
+def _not_standalone(text):
+    return [f'{why}: ...{text[max(0, m.start() - 50):m.end() + 30]!r}...' for rx, why in NOT_STANDALONE for m in rx.finditer(text)]
 
 
 def _hidden_lines():
@@ -158,6 +174,29 @@ def test_pages_load_clean(site, browser):
 
 
 @needs_browser
+def test_tables_fit(site, browser):
+    "At 1280 px, no table is wider than the page's content column, and no table has an empty-looking index row"
+    out, base = site
+    too_wide = []
+    with Watched(browser, base) as w:
+        w.page.set_viewport_size({'width': 1280, 'height': 900})
+        for p in _pages(out):
+            page = w.goto(base + p, idle=False)
+            wide = page.evaluate('''() => { const art = document.querySelector('article'); if (!art) return [];
+                const w = art.getBoundingClientRect().width;
+                return [...art.querySelectorAll('table')].filter(t => t.getBoundingClientRect().width > w + 1 || t.scrollWidth > w + 1)
+                    .map(t => Math.round(t.getBoundingClientRect().width) + 'px > ' + Math.round(w) + 'px: '
+                              + t.textContent.replace(/\\s+/g, ' ').trim().slice(0, 80)); }''')
+            too_wide += [f'{p}: {x}' for x in wide]
+    assert not too_wide, '\n'.join(too_wide)
+    for p in _pages(out):
+        for head in re.findall(r'<table[^>]*dataframe.*?<thead>(.*?)</thead>', (out / p).read_text(encoding='utf-8'), re.S):
+            for row in re.findall(r'<tr[^>]*>(.*?)</tr>', head, re.S):
+                cells = [re.sub(r'<[^>]+>', '', c).strip() for c in re.findall(r'<th[^>]*>(.*?)</th>', row, re.S)]
+                assert not (len(cells) > 2 and cells[0] and not any(cells[1:])), f'{p}: an index-name row {cells}'
+
+
+@needs_browser
 def test_sidebar_navigation(site, browser):
     "Clicking through every sidebar entry reaches that page, titled as in the sidebar"
     out, base = site
@@ -180,6 +219,48 @@ def test_sidebar_navigation(site, browser):
 
 
 def _ids(html): return set(re.findall(r'\sid="([^"]+)"', html))
+
+
+def test_site_stands_on_its_own(site):
+    "The built pages (text, stored outputs, docstrings) mention no file outside the repository, no machine path, no missing host"
+    out, _ = site
+    bad = {}
+    for p in out.rglob('*.html'):
+        rel = p.relative_to(out).as_posix()
+        text = re.sub(r'<(script|style)\b.*?</\1>', '', p.read_text(encoding='utf-8'), flags=re.S)
+        if found := _not_standalone(text): bad[rel] = found
+    assert not bad, bad
+
+
+def test_notebooks_stand_on_their_own():
+    "Nor do the notebooks (their prose, code and stored outputs) or README.md"
+    bad = {}
+    for f in sorted((ROOT / 'nbs').rglob('*.ipynb')) + [ROOT / 'README.md']:
+        if any(o[0] in '_.' for o in f.relative_to(ROOT).parts): continue
+        if found := _not_standalone(f.read_text(encoding='utf-8')): bad[f.relative_to(ROOT).as_posix()] = found
+    assert not bad, bad
+
+
+def test_api_entries(site):
+    "Each documented function or class has a wrapping signature, a parameter table and a source link into this repository"
+    out, _ = site
+    n = 0
+    for p in _pages(out):
+        html = (out / p).read_text(encoding='utf-8')
+        for sec in re.findall(r'<section class="sem-doc[^"]*"[^>]*>(.*?)(?=<section|</article>)', html, re.S):
+            title = re.sub(r'<[^>]+>', '', re.search(r'<h\d[^>]*>(.*?)</h\d>', sec, re.S).group(1)).strip('¶# \n')
+            assert 'sem-signature' in sec, f'{p}: {title} has no signature line'
+            assert 'highlight-python' not in sec.split('sem-signature')[0], f'{p}: {title} shows a signature code block'
+            src = re.search(r'class="sem-source-link[^"]*" href="([^"#]+)#L-(\d+)"', sec)
+            assert src, f'{p}: {title} has no source link'
+            target = (out / p).parent / src.group(1)
+            assert target.exists() and f'id="L-{src.group(2)}"' in target.read_text(encoding='utf-8'), f'{p}: {title}: {src.group(0)}'
+            n += 1
+    assert n > 20, f'only {n} API entries'
+    cli = (out / 'cli.html').read_text(encoding='utf-8')
+    entry = re.search(r'id="run-training".*?</table>', cli, re.S).group(0)
+    for want in ['sem-params', 'Parameter', 'Type', 'Default', 'Description', 'epochs', 'chosen from the data']:
+        assert want in entry, want
 
 
 def test_internal_links(site):

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {'': 'API reference', 'tutorials': 'Tutorials', 'benchmarks': 'Benchmarks & results'}
 SECTION_ORDER = ['', 'tutorials', 'benchmarks']
+REPO_ASSETS = '_repo'          # copies of repository files (LICENSE, scripts) that pages link to
+SOURCE_PAGES = '_modules'      # the library's source files as highlighted pages, targets of the 'source' links
 ASSET_SKIP = {'.ipynb', '.md', '.qmd', '.rst', '.txt', '.py', '.yml', '.yaml', '.toml', '.pyc'}
 
 # ---------------------------------------------------------------------------------------
@@ -184,12 +186,15 @@ class Site:
         self.git_base = f"{git}/blob/{cfg.get('branch', 'main')}/" if git else None
         self.anchors = {}
         self.lookup = own_lookup(cfg)
+        self.repo_assets = set()                                          # files outside nbs/ the pages link to
 
     def resolve(self, url, from_rel):
         "Page and anchor that `url`, written in notebook `from_rel`, points to on this site (or None)"
         url = url.strip('<>')
         if self.doc_base and url.startswith(self.doc_base): path, rel_to = url[len(self.doc_base):], ''
         elif self.doc_base and url.rstrip('/') + '/' == self.doc_base: path, rel_to = '', ''
+        elif not self.doc_base and re.match(r'^/[^/]', url) and not url.startswith('/blob/'):
+            path, rel_to = url[1:], ''                                    # nbdev without a doc_host: /cli.html#x
         elif _re_scheme.match(url) or url.startswith(('#', '/')): return None
         else: path, rel_to = url, posixpath.dirname(from_rel)
         path, _, frag = path.partition('#')
@@ -276,15 +281,17 @@ def fix_links(md, site, from_rel, mode='site', missing=None):
 
     def sub(m):
         text, url0, title = m.group('text'), m.group('url'), m.group('title') or ''
+        if not m.group('bang'): text = re.sub(r'\[([^\[\]]*)\]\([^)\s]*\)', r'\1', text)   # a link inside a link's text (nbdev linking a symbol there)
         r = None if m.group('bang') else site.resolve(url0, from_rel)
         if r is None:
             f = site.repo_file(url0, from_rel)
             if f is None: return m.group(0)
             rel, inside = f
             if inside and mode == 'site': return m.group(0)                 # an asset next to the pages
-            if inside: url = rel                                            # README sits at the root
-            elif site.git_base: url = site.git_base + rel
-            else: return m.group(0)
+            if mode == 'readme': url = rel                                  # README sits at the root
+            else:                                                           # a copy in the site, as a download
+                site.repo_assets.add(rel)
+                url = posixpath.relpath(f'{REPO_ASSETS}/{rel}', posixpath.dirname(from_doc) or '.')
             return f"{m.group('bang')}[{text}]({url}{title})"
         doc, frag = r
         if frag and mode == 'site' and frag not in site.anchors.get(doc, ()):
@@ -292,9 +299,11 @@ def fix_links(md, site, from_rel, mode='site', missing=None):
                 return text                                                 # a symbol link to a private/undocumented name
             if missing is not None: missing.append(f'{from_rel}: {url0} (no #{frag} on {doc})')
             frag = ''
-        if mode == 'readme':
-            if not site.doc_base: return text
-            url = site.doc_base + ('' if doc == 'index' else doc + '.html')
+        if mode == 'readme':                                                # the notebook, in the repository
+            src = next((r for r, d in site.pages.items() if d == doc), None)
+            if src is None: return text
+            url = site.nbs_path.relative_to(site.root).as_posix() + '/' + src
+            return f"[{text}]({url}{title})"
         else: url = posixpath.relpath(doc, posixpath.dirname(from_doc) or '.') + '.ipynb'
         return f"[{text}]({url}{'#' + frag if frag else ''}{title})"
 
@@ -303,22 +312,165 @@ def fix_links(md, site, from_rel, mode='site', missing=None):
     return '\n'.join(out)
 
 
-def showdoc_md(md, lookup=None):
-    """show_doc's markdown as page markdown: its heading gets class `sem-doc` (the leading rule is
-    CSS), its 'source' link (added here when nbdev could not) class `sem-source-link`"""
+def showdoc_md(md, lookup=None, site=None, from_doc=''):
+    """show_doc's markdown as page markdown, as on docs.fast.ai: the heading (class `sem-doc`; the leading rule is
+    CSS), a 'source' link to the symbol's line in this repository's file (a highlighted copy in the site, see
+    `source_pages`), the signature as wrapping text, the docstring and a table of the parameters (name, type, default,
+    description from the docments) instead of nbdev's signature code block, which scrolls sideways when long"""
     md = re.sub(r'^\s*---\s*\n', '', md).strip('\n')
-    src = ''
-    m = re.match(r'^(\[[^\]]*\]\([^)\s]+\))\{[^}]*\}\s*\n', md)                  # nbdev's [source](url){...}
-    if m: src, md = m.group(1), md[m.end():].lstrip('\n')
+    nb_src = None
+    m = re.match(r'^\[source\]\(([^)\s]*)\)(\{[^}]*\})?\s*\n', md)                 # nbdev's [source](url){...}
+    if m: nb_src, md = m.group(1), md[m.end():].lstrip('\n')
     h = _re_heading.match(md.splitlines()[0]) if md else None
     if not h: return md
-    if not src and lookup is not None:
-        try: url = lookup.code(h.group(2).strip('`'))
-        except Exception: url = None
-        if url: src = f'[source]({url})'
+    name = h.group(2).strip('`')
+    if not nb_src and lookup is not None:
+        try: nb_src = lookup.code(name)
+        except Exception: nb_src = None
+    link = ''
+    loc = re.search(r'(?P<path>[\w./-]+\.py)#L(?P<line>\d+)', nb_src or '')
+    lib = Path(site.cfg.lib_path).name if site is not None else None
+    if loc and lib and f'{lib}/' in loc.group('path'):
+        path = loc.group('path')[loc.group('path').index(f'{lib}/'):]
+        href = posixpath.relpath(f'{SOURCE_PAGES}/{path[:-3]}.html', posixpath.dirname(from_doc) or '.')
+        link = f'<a class="sem-source-link reference external" href="{href}#L-{loc.group("line")}">source</a>\n\n'
     first, _, rest = md.partition('\n')
-    src = f'{src}{{.sem-source-link}}\n\n' if src else ''
-    return f'{{.sem-doc}}\n{first}\n\n{src}{rest.lstrip(chr(10))}'
+    return f'{{.sem-doc}}\n{first}\n\n{link}{signature_md(rest.lstrip(chr(10)))}'
+
+
+def _md_cell(s): return str(s).replace('|', '\\|').replace('\n', ' ').strip()
+def _code(s): return f'`{_md_cell(s)}`' if str(s).strip() else ''
+
+
+def parse_signature(sig):
+    """(name, params, returns) of nbdev's signature block `sig` (`def f(\n  a:int=1, # doc\n)->T: # doc`):
+    params are dicts of name, type, default, doc (the docments comment), `returns` one or None; None if unparsable"""
+    import ast, io, tokenize
+    src = re.sub(r'^(\s*)class\s', r'\1def ', sig.strip('\n'), count=1)
+    try: fn = ast.parse(src.rstrip() + '\n    pass').body[0]
+    except SyntaxError: return None
+    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): return None
+    comments = {}
+    try:
+        for t in tokenize.generate_tokens(io.StringIO(src).readline):
+            if t.type == tokenize.COMMENT: comments[t.start[0]] = t.string.lstrip('#').strip()
+    except (tokenize.TokenError, IndentationError): pass
+    a = fn.args
+    pos = a.posonlyargs + a.args
+    defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
+    items = [(x, d, '') for x, d in zip(pos, defaults)]
+    if a.vararg: items.append((a.vararg, None, '*'))
+    items += [(x, d, '') for x, d in zip(a.kwonlyargs, a.kw_defaults)]
+    if a.kwarg: items.append((a.kwarg, None, '**'))
+    ends = [max(n.end_lineno for n in (x, x.annotation, d) if n is not None) for x, d, _ in items]
+    params = []
+    for i, ((x, d, star), end) in enumerate(zip(items, ends)):
+        last_on_line = i == len(items) - 1 or ends[i + 1] != end
+        params.append(dict(name=star + x.arg, type=ast.unparse(x.annotation) if x.annotation else '',
+                           default=ast.unparse(d) if d is not None else '',
+                           doc=comments.get(end, '') if last_on_line else ''))
+    if params and params[0]['name'] in ('self', 'cls') and not params[0]['type']: params = params[1:]
+    ret = None
+    if fn.returns is not None:
+        ret = dict(type=ast.unparse(fn.returns), doc=comments.get(fn.returns.end_lineno, ''))
+        if ret['type'] == 'None' and not ret['doc']: ret = None
+    return fn.name, params, ret
+
+
+def signature_md(md):
+    "nbdev's signature code block at the start of `md` as a wrapping signature line and a parameter table"
+    m = re.match(r'\s*```python\n(.*?)\n```[ \t]*\n?', md, re.S)
+    if not m: return md
+    parsed = parse_signature(m.group(1))
+    if parsed is None: return md
+    name, params, ret = parsed
+    args = ', '.join(p['name'] + (f":{p['type']}" if p['type'] else '') + (f"={p['default']}" if p['default'] else '') for p in params)
+    out = f'{{.sem-signature}}\n`{name}({args})`' + (f" → `{ret['type']}`" if ret else '') + '\n'
+    rest = md[m.end():].strip('\n')
+    if rest: out += '\n' + rest + '\n'
+    described = [p for p in params if not (p['name'].startswith('*') and not p['doc'])]
+    if described or (ret and ret['doc']):
+        rows = ['| Parameter | Type | Default | Description |', '|---|---|---|---|']
+        for p in described:
+            rows.append(f"| `{p['name']}` | {_code(p['type'])} | {_code(p['default'])} | {_md_cell(p['doc'])} |")
+        if ret: rows.append(f"| **Returns** | {_code(ret['type'])} | | {_md_cell(ret['doc'])} |")
+        out += '\n{.sem-params}\n' + '\n'.join(rows) + '\n'
+    return out
+
+
+def tidy_dataframe_html(html):
+    """A pandas DataFrame's HTML without its second header row when that row only holds the index name (pandas
+    writes the name on a row of its own, an empty-looking row above the data): the name moves to the corner cell"""
+    def fix(m):
+        table = m.group(0)
+        head = re.search(r'<thead>(.*?)</thead>', table, re.S)
+        if not head: return table
+        rows = re.findall(r'<tr[^>]*>.*?</tr>', head.group(1), re.S)
+        if len(rows) != 2: return table
+        cells = re.findall(r'<th[^>]*>(.*?)</th>', rows[1], re.S)
+        if not cells or not cells[0].strip() or any(c.strip() for c in cells[1:]): return table
+        corner = re.match(r'(\s*<tr[^>]*>\s*<th[^>]*>)(.*?)(</th>)', rows[0], re.S)
+        if not corner or 'colspan' in rows[0]: return table
+        name = cells[0].strip() if not corner.group(2).strip() else f'{cells[0].strip()} \\ {corner.group(2).strip()}'
+        row0 = corner.group(1) + name + corner.group(3) + rows[0][corner.end():]
+        return table.replace(head.group(1), head.group(1).replace(rows[0], row0).replace(rows[1], ''))
+    def drop_range_index(table):
+        "Without the index column when it is unnamed row numbers (pandas' default index, or what is left of it)"
+        body = re.search(r'<tbody>(.*?)</tbody>', table, re.S)
+        if not body: return table
+        labels = re.findall(r'<tr[^>]*>\s*<th[^>]*>(.*?)</th>', body.group(1), re.S)
+        rows = re.findall(r'<tr', body.group(1))
+        if not labels or len(labels) != len(rows) or not all(re.fullmatch(r'\d+', l.strip()) for l in labels): return table
+        head = re.search(r'<thead>(.*?)</thead>', table, re.S)
+        corners = re.findall(r'<tr[^>]*>\s*<th[^>]*>(.*?)</th>', head.group(1), re.S) if head else []
+        if not corners or any(c.strip() for c in corners) or 'rowspan' in head.group(1) or 'colspan' in head.group(1): return table
+        return re.sub(r'(<tr[^>]*>)\s*<th[^>]*>.*?</th>', r'\1', table, flags=re.S)
+    def text_cells(table):
+        """Numbers stay on one line (class `sem-num` on cells without words); cells of several numbers joined by
+        ' · ' may break between them, never inside one; words may wrap"""
+        table = re.sub(r'<td>([^<A-Za-z]*|NaN|None|True|False)</td>', r'<td class="sem-num">\1</td>', table)
+        return re.sub(r'<td class="sem-num">([^<]* · [^<]*)</td>', lambda t: '<td>' + ' · '.join(
+            f'<span class="sem-nowrap">{v}</span>' for v in t.group(1).split(' · ')) + '</td>', table)
+    def wide(table):
+        "Class `sem-wide` (smaller type) on tables of more than 12 columns"
+        head = re.search(r'<thead>.*?<tr[^>]*>(.*?)</tr>', table, re.S)
+        n = len(re.findall(r'<th', head.group(1))) if head else 0
+        return re.sub(r'class="dataframe', 'class="dataframe sem-wide', table, count=1) if n > 12 else table
+    def breakable(table):
+        "Labels and words may break after `_` and `+` (auroc_mnist_energy, SEM+MixUp), not inside words"
+        return re.sub(r'(<t[hd]>)([^<]*)(</t[hd]>)', lambda t: t.group(1) + re.sub(r'([_+])(?=\w)', r'\1<wbr>', t.group(2)) + t.group(3), table)
+    return re.sub(r'<table[^>]*class="dataframe[^"]*"[^>]*>.*?</table>', lambda m: wide(breakable(text_cells(drop_range_index(fix(m))))),
+                  html, flags=re.S)
+
+
+def source_pages(root, cfg, dest):
+    """The library's Python files as highlighted HTML pages under `dest` (`_modules/<lib>/<module>.html`, line `n`
+    at `#L-n`), so that the API pages' 'source' links open this repository's own files, offline"""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+    lib = Path(cfg.lib_path)
+    fmt = HtmlFormatter(linenos='table', lineanchors='L', anchorlinenos=True, cssclass='highlight')
+    css = fmt.get_style_defs('.highlight')
+    for py in sorted(lib.rglob('*.py')):
+        rel = py.relative_to(lib.parent).as_posix()
+        if py.name.startswith('_') and py.name != '__init__.py': continue
+        out = Path(dest) / SOURCE_PAGES / (rel[:-3] + '.html')
+        out.parent.mkdir(parents=True, exist_ok=True)
+        home = posixpath.relpath('index.html', posixpath.dirname(f'{SOURCE_PAGES}/{rel}'))
+        body = highlight(py.read_text(encoding='utf-8'), PythonLexer(), fmt)
+        out.write_text(f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{rel} (source)</title><style>{css}
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; }}
+pre {{ margin: 0; font-size: 13px; line-height: 1.45; }}
+.linenos a {{ color: #999; text-decoration: none; }}
+.highlight .hll, :target + span, :target {{ background: #fff3b0; }}
+</style></head><body>
+<p><a href="{home}">{cfg.get('lib_name', lib.name)} documentation</a> · <code>{rel}</code>, as in this repository
+(generated from the notebooks in <code>nbs/</code>)</p>
+{body}</body></html>
+""", encoding='utf-8')
 
 
 _re_callout = re.compile(r'^(\s*)(:{3,})\s*\{\.callout-(note|tip|warning|important|caution)([^}]*)\}\s*$')
@@ -380,7 +532,7 @@ def convert_nb(nb, rel, site, mode='site', missing=None):
         if d.get('include') == 'false' or 'remove-cell' in tags: continue
         if re.match(r'^\s*show_doc\(', code) or d.get('output') == 'asis':
             md = _outputs_as_md(outs)
-            if re.match(r'^\s*show_doc\(', code): md = showdoc_md(md, lookup)
+            if re.match(r'^\s*show_doc\(', code): md = showdoc_md(md, lookup, site, site.pages.get(rel, rel))
             if d.get('echo') != 'false' and code.strip():
                 cells.append({**c, 'source': code, 'outputs': [], 'metadata': {'tags': tags}})
             if md.strip(): cells.append(_mk_md(md))
@@ -405,6 +557,8 @@ def convert_nb(nb, rel, site, mode='site', missing=None):
         if mode == 'site': c['source'] = callouts(c['source'])
     for c in cells:                                                        # remaining markdown outputs
         for o in c.get('outputs', []):
+            if mode == 'site' and 'text/html' in o.get('data', {}):
+                o['data']['text/html'] = tidy_dataframe_html(_txt(o['data']['text/html']))
             if 'text/markdown' in o.get('data', {}):
                 md = _txt(o['data']['text/markdown'])
                 if lookup is not None: md = lookup.linkify(md)
@@ -448,11 +602,14 @@ def write_sources(proc_dir, src_dir, root=ROOT, cfg=None):
     missing, out = [], {}
     for rel, nb in site.nbs.items(): out[site.pages[rel]] = convert_nb(nb, rel, site, missing=missing)
     for m in sorted(set(missing)): print(f'note: link anchor not found, linking to the page instead: {m}', file=sys.stderr)
+    for rel in sorted(site.repo_assets):                                   # repository files the pages link to
+        (src_dir / REPO_ASSETS / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(site.root / rel, src_dir / REPO_ASSETS / rel)
 
     # toctree: one captioned section per folder, pages ordered by source file name
     secs = {}
     for rel, doc in site.pages.items():
-        if doc == 'index': continue
+        if doc == 'index' or doc not in out: continue                     # (a notebook nbdev did not process)
         secs.setdefault(_section_of(rel), []).append((rel, doc))
     order = SECTION_ORDER + sorted(k for k in secs if k not in SECTION_ORDER)
     toc = []
@@ -500,6 +657,7 @@ def build(out=None, root=ROOT, force=False, quiet=True, work=None):
         where = '\n'.join(f'  {src / (d + ".ipynb")}  <-  nbs/{rel}' for rel, d in sorted(site.pages.items()))
         raise SystemExit(f'sphinx-build failed (exit {r.returncode}): {" ".join(cmd)}\n'
                          f'(warnings are errors; the pages Sphinx names come from these notebooks:)\n{where}')
+    source_pages(root, cfg, html)
     if html != out: shutil.copytree(html, out, dirs_exist_ok=True)
     print(f'docs: {out}/index.html  (nbdev {t1 - t0:.1f}s, convert {t2 - t1:.1f}s, sphinx {time.time() - t2:.1f}s)')
     return out
