@@ -70,15 +70,19 @@ class _EvalData:
         x, y = valid_images(dls, n_per_class)
         self.corrupted = [corrupt(x, c, s, seed=seed) for c in corruptions for s in severities]
         self.y_sub, self.n_sub = y, len(y)
+        if ood is None: ood = 'mnist' if x.shape[1:] == (28, 28) else 'permuted'
         if isinstance(ood, str):
             if ood == 'mnist':
                 if x.shape[1:] != (28, 28):
                     raise ValueError(f"`ood`='mnist' needs 28×28 greyscale images, these are {x.shape[1:]}: "
                                      "use ood='permuted' or pass uint8 images")
-                ood = load_mnist_small()[0]
-            elif ood == 'permuted': ood = permuted_images(valid_images(dls)[0], seed)
+                self.ood = load_mnist_small()[0]
+                self.ood_name = f'the {len(self.ood):,} shipped MNIST digits'
+            elif ood == 'permuted':
+                self.ood = permuted_images(valid_images(dls)[0], seed)
+                self.ood_name = f'{len(self.ood):,} pixel-permuted copies of them'
             else: raise ValueError(f"`ood` must be 'mnist', 'permuted' or an array of uint8 images, got {ood!r}")
-        self.ood = np.asarray(ood)
+        else: self.ood, self.ood_name = np.asarray(ood), f'{len(ood):,} OOD images'
 
 def evaluate_run(learn:Learner, data:_EvalData) -> dict:
     "Clean accuracy, corruption accuracy, OOD AUROC (MSP and energy) and ECE of a trained classifier"
@@ -178,8 +182,7 @@ def compare_sem(
         from fastai_sem.cli import make_learner   # imported here: the command line imports this module
         learner = lambda dls, cbs, seed: make_learner(dls, arch, cbs=cbs, seed=seed)
     start_all = time.perf_counter()
-    data = _EvalData(dls, n_per_class, corruptions, severities, 'mnist' if ood is None and dls.c and valid_images(dls, 1)[0].shape[1:] == (28, 28) else
-                     'permuted' if ood is None else ood, seed=0)
+    data = _EvalData(dls, n_per_class, corruptions, severities, ood, seed=0)
     if verbose: print(f"compare_sem: {len(seeds)} seeds × 2 methods = {2*len(seeds)} runs of {epochs} epoch{'s' if epochs > 1 else ''}", flush=True)
     rows = []
     for seed in seeds:
@@ -197,11 +200,9 @@ def compare_sem(
     seconds = time.perf_counter() - start_all
     setup = (f"SEM (SEMMixup(mix={mix!r}), γ {sem_gamma:g}) against plain {mix} (γ 0), on {what}: "
              f"{len(seeds)} seeds, {epochs} epoch{'s' if epochs > 1 else ''} each, mean ± std over seeds ({seconds:.0f} s in all)")
-    ood_what = ('1,000 MNIST digits' if ood is None and len(data.ood) == 1000 and data.ood.shape[1:] == (28, 28) and (data.ood == load_mnist_small()[0]).all()
-                else f'{len(data.ood):,} OOD images')
     columns = (f"Columns: clean acc = accuracy on the validation images; corruption acc = accuracy on {data.n_sub:,} of them "
                f"under {len(corruptions)} corruption{'s' if len(corruptions) > 1 else ''} at severit{'ies' if len(severities) > 1 else 'y'} {', '.join(map(str, severities))}; AUROC = validation images "
-               f"against {ood_what}, scored by the maximum softmax probability (MSP) or the energy; ECE = expected "
+               f"against {data.ood_name}, scored by the maximum softmax probability (MSP) or the energy; ECE = expected "
                f"calibration error (15 bins, lower is better); time = training seconds per run (γ 0 still runs the clean "
                f"forward pass that measures the penalty).")
     return Comparison(pd.DataFrame(rows), setup, columns, seconds)
