@@ -137,7 +137,9 @@ class GammaFind:
                     label=f'suggested γ = {self.suggested:g}')
             if c == 'accuracy' and self.tol is not None:
                 ax.axhline(t.accuracy.max() - self.tol, ls='--', color='gray', lw=1, label=f'best − tol ({self.tol:g})')
-            ax.set_xscale('symlog', linthresh=float(pos.min()) if len(pos) else 1.)
+            lin = float(pos.min()) if len(pos) else 1.
+            ax.set_xscale('symlog', linthresh=lin)
+            ax.set_xlim(t.index.min() - lin/3, t.index.max()*1.3 if len(pos) else lin)
             ax.set_xticks(list(t.index), [f'{g:g}' for g in t.index]); ax.minorticks_off()
             ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy')[c])
             ax.legend(fontsize=8)
