@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, difflib, math, mimetypes, shutil, sys, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
+from fastcore.imports import in_notebook
 from fastcore.script import CliError, anno_parser, call_parse, store_true
 
 # %% auto #0
@@ -245,7 +246,7 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
                  compare:bool=False, # also train plain mixing (γ = 0) with the same settings
                  shared_batch:bool=False, # SEM without the extra forward pass (see `SEMMixup`)
                  evaluate=None, # called with each trained Learner: the dict it returns is added to its row
-                 progress:bool|None=None, # fastai's progress bars; None: only when stdout is a terminal
+                 progress:bool|None=None, # fastai's progress bars; None: in a terminal or a notebook, not in a log
                 ):
     "Train with SEMMixup (and plain mixing if `compare`); return a DataFrame of the final results, one row per run"
     check_options(mix, gamma, alpha, epochs, bs, lr, size)
@@ -264,7 +265,7 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
     fv = _fastai()
     from fastai_sem.callback import SEMMixup
     from fastai_sem.data import fashion_dls
-    if progress is None: progress = sys.stdout.isatty()
+    if progress is None: progress = sys.stdout.isatty() or in_notebook()
     runs = [('SEM', gamma)] + ([('plain ' + mix, 0.)] if compare else [])
     rows = []
     for name, g in runs:

@@ -399,21 +399,22 @@ def signature_md(md):
 
 
 def tidy_dataframe_html(html):
-    """A pandas DataFrame's HTML without its second header row when that row only holds the index name (pandas
-    writes the name on a row of its own, an empty-looking row above the data): the name moves to the corner cell"""
+    """A pandas DataFrame's HTML as a table that fits a page: without the header row that only holds the index name
+    (pandas writes it on a row of its own, an empty-looking row above the data; the name moves to the corner cell),
+    without an index of bare row numbers, numbers kept on one line and long labels breakable"""
     def fix(m):
         table = m.group(0)
         head = re.search(r'<thead>(.*?)</thead>', table, re.S)
         if not head: return table
         rows = re.findall(r'<tr[^>]*>.*?</tr>', head.group(1), re.S)
-        if len(rows) != 2: return table
-        cells = re.findall(r'<th[^>]*>(.*?)</th>', rows[1], re.S)
+        if len(rows) < 2: return table
+        cells = re.findall(r'<th[^>]*>(.*?)</th>', rows[-1], re.S)
         if not cells or not cells[0].strip() or any(c.strip() for c in cells[1:]): return table
-        corner = re.match(r'(\s*<tr[^>]*>\s*<th[^>]*>)(.*?)(</th>)', rows[0], re.S)
-        if not corner or 'colspan' in rows[0]: return table
+        corner = re.match(r'(\s*<tr[^>]*>\s*<th(?![^>]*colspan)[^>]*>)(.*?)(</th>)', rows[-2], re.S)
+        if not corner: return table
         name = cells[0].strip() if not corner.group(2).strip() else f'{cells[0].strip()} \\ {corner.group(2).strip()}'
-        row0 = corner.group(1) + name + corner.group(3) + rows[0][corner.end():]
-        return table.replace(head.group(1), head.group(1).replace(rows[0], row0).replace(rows[1], ''))
+        row = corner.group(1) + name + corner.group(3) + rows[-2][corner.end():]
+        return table.replace(head.group(1), head.group(1).replace(rows[-2], row).replace(rows[-1], ''))
     def drop_range_index(table):
         "Without the index column when it is unnamed row numbers (pandas' default index, or what is left of it)"
         body = re.search(r'<tbody>(.*?)</tbody>', table, re.S)
