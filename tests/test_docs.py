@@ -102,6 +102,15 @@ def _not_standalone(text):
     return [f'{why}: ...{text[max(0, m.start() - 50):m.end() + 30]!r}...' for rx, why in NOT_STANDALONE for m in rx.finditer(text)]
 
 
+def _string_lines(src):
+    "Lines of `src` inside multi-line string literals (text a program prints, e.g. its --help, may well be shown)"
+    import ast
+    try: tree = ast.parse(src)
+    except SyntaxError: return set()
+    return {i for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.end_lineno > n.lineno
+            for i in range(n.lineno, n.end_lineno + 1)}
+
+
 def _hidden_lines():
     "Distinctive code lines of hidden, include:false and export cells of nbs/ (none should be shown)"
     hidden, shown = set(), set()
@@ -112,7 +121,7 @@ def _hidden_lines():
             dirs = ' '.join(re.findall(r'^\s*#\s*\|\s*(.*)$', src, re.M))
             secret = c['cell_type'] == 'code' and re.search(r'\b(hide|exporti?|default_exp|include:\s*false)\b', dirs) \
                 and not re.search(r'\bexports\b', dirs)
-            lines = {l.strip() for l in src.splitlines()}
+            lines = {l.strip() for i, l in enumerate(src.splitlines(), 1) if not (secret and i in _string_lines(src))}
             # not signature lines: show_doc shows those (`x:int=1, # docments`)
             if secret: hidden |= {l for l in lines if len(l) >= 20 and '#' not in l and not l.endswith((',', ':'))
                                   and not re.match(r'(def |class |async |@|\)|["\'])', l)}
