@@ -149,7 +149,7 @@ def compare_sem(
     lr:float=1e-2, # Maximum learning rate
     bs:int=128, # Batch size (of the embedded data; a `dls` you pass keeps its own)
     arch:str='cnn', # Model, as in `fastai-sem train --arch`: 'cnn' (`small_cnn`), a torchvision or timm name
-    dls:DataLoaders|None=None, # Image classification `DataLoaders`; None: the embedded Fashion-MNIST subset
+    dls:DataLoaders|None=None, # Image classification `DataLoaders` (batch order re-seeded per run); None: the embedded subset
     learner:Callable|None=None, # `learner(dls, cbs, seed) -> Learner`; None: the command line's `make_learner` with `arch`
     n_per_class:int|None=50, # Validation images per class that are corrupted; None: all
     corruptions=None, # Names from `CORRUPTIONS`; None: all 15
