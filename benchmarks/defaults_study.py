@@ -71,7 +71,8 @@ CONFIGS = {
     'feature γ=1':     dict(standardize='feature', spatial=False, gamma=1.),
 }
 # the ResNet is 10× the cost of the CNN per run: it gets the configurations that decide between the families
-RESNET_CONFIGS = ('global γ=0.3', 'global γ=1', 'spatial γ=0.3', 'spatial γ=1')
+# (the plan had γ = 1 too; cut for time after its first run, 'global γ=1' with MixUp, which is kept)
+RESNET_CONFIGS = ('global γ=0.3', 'spatial γ=0.3')
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
