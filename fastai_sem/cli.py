@@ -318,23 +318,21 @@ def train(path:str=None, # folder of images (see the layouts below); default: th
     return res
 
 # %% ../nbs/05_cli.ipynb #f1071459
-_TRAIN_EPILOG = """\
-folder layouts (PATH):
-  PATH/train/CLASS/*.png and PATH/valid/CLASS/*.png   training and validation sets as given
-  PATH/CLASS/*.png                                     one folder per class; 20% held out for validation
-                                                       (seeded by --seed)
-  Any image format PIL reads. Images are resized and centre-cropped to --size.
+_TRAIN_EPILOG = """folder layouts (PATH):
+  PATH/train/CLASS/*.png + PATH/valid/CLASS/*.png   the training and validation sets
+  PATH/CLASS/*.png       one folder per class; 20% held out for validation (seeded by --seed)
+  Any image format PIL reads; images are resized and centre-cropped to --size.
 
 examples:
-  fastai-sem train --compare                  the embedded Fashion-MNIST subset, SEM and plain MixUp
-  fastai-sem train PATH --epochs 10 --bs 32   your images, with some settings given
+  fastai-sem train --compare                  embedded Fashion-MNIST: SEM and plain MixUp
+  fastai-sem train PATH --epochs 10 --bs 32   your images, some settings given
   fastai-sem train PATH --arch resnet18 --mix cutmix --gamma 0.5"""
 
 COMMANDS = {'train': (train, 'train with SEMMixup on a folder of images or the embedded Fashion-MNIST subset', _TRAIN_EPILOG)}
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "fastcore's help layout (the defaults are in the help texts) that keeps the epilog's line breaks"
-    def __init__(self, prog): super().__init__(prog, max_help_position=32, width=min(110, shutil.get_terminal_size((110, 30))[0]))
+    def __init__(self, prog): super().__init__(prog, max_help_position=32, width=min(110, shutil.get_terminal_size((90, 30))[0]))
     def _expand_help(self, action): return self._get_help_string(action)
 
 class _Parser(argparse.ArgumentParser):
