@@ -150,6 +150,8 @@ def run_runs(runs, make_data, args, fn, title):
     have = read_all(fn)
     todo = [r for r in runs if not R.done(have, r, KEY)]
     if args.methods: todo = [r for r in todo if r['method'] in args.methods]
+    if args.configs: todo = [r for r in todo if r['config'] in args.configs]
+    if args.mixes: todo = [r for r in todo if r['method'] in [BASE[m][0] for m in args.mixes] + [f'SEM+{m}' for m in args.mixes]]
     if args.worker: i, n = map(int, args.worker.split('/')); todo = todo[i::n]
     part = args.part or (f'w{i}' if args.worker else '')
     out = fn.with_name(f'{fn.stem}.{part}.csv') if part else fn
@@ -246,6 +248,8 @@ def parse_args(argv=None):
     p.add_argument('--corruptions', nargs='+', default=None)
     p.add_argument('--worker', default='', help='i/n: run every n-th pending run, into its own CSV (*.wI.csv)')
     p.add_argument('--part', default='', help='write into *.PART.csv (for processes started side by side)')
+    p.add_argument('--configs', nargs='+', default=None, help='only these configurations of the grid (names of CONFIGS, or base)')
+    p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
     p.add_argument('--out-dir', type=Path, default=None)

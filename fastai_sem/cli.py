@@ -13,7 +13,7 @@ from fastcore.script import CliError, anno_parser, call_parse, store_true
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'LAYOUTS', 'MIN_STEPS', 'TARGET_STEPS', 'MAX_SIZE', 'MIXERS', 'COLUMNS', 'COMMANDS', 'small_cnn',
            'InputError', 'FolderInfo', 'inspect_folder', 'choose_settings', 'check_arch', 'check_options', 'folder_dls',
-           'make_learner', 'run_training', 'results_table', 'train', 'main']
+           'make_learner', 'run_training', 'results_table', 'train', 'compare', 'main']
 
 # %% ../nbs/05_cli.ipynb #7ffed4e8
 def _fastai():
@@ -166,13 +166,13 @@ def check_arch(arch:str): # 'cnn', a torchvision model name or a timm model name
     raise InputError(f"--arch {arch!r} is not 'cnn', a torchvision model or a timm model"
                      + (f": did you mean {' or '.join(close)}?" if close else ": e.g. cnn, resnet18, resnet34"))
 
-def check_options(mix:str='mixup', gamma:float=1., alpha:float|None=None, epochs:int|None=None, bs:int|None=None,
+def check_options(mix:str='mixup', gamma:float|None=None, alpha:float|None=None, epochs:int|None=None, bs:int|None=None,
                   lr:float=3e-3, size:int|None=None):
     "Raise `InputError` for option values `run_training` cannot use"
     if mix not in MIXERS:
         close = difflib.get_close_matches(str(mix), MIXERS, n=1)
         raise InputError(f"--mix {mix!r} is not one of {', '.join(MIXERS)}" + (f": did you mean {close[0]}?" if close else ''))
-    for name, v, ok, want in (('gamma', gamma, gamma >= 0, '0 or more (0: plain mixing)'),
+    for name, v, ok, want in (('gamma', gamma, gamma is None or gamma >= 0, '0 or more (0: plain mixing)'),
                               ('alpha', alpha, alpha is None or alpha > 0, 'more than 0'),
                               ('epochs', epochs, epochs is None or epochs >= 1, '1 or more'),
                               ('bs', bs, bs is None or bs >= 2, '2 or more'),
@@ -220,6 +220,7 @@ def _fmt(v, col:str='') -> str:
     "A number as people write it: γ 1 (not 1.0), accuracy 0.9850, seconds 39.1"
     if isinstance(v, str): return v
     if col == 'seconds': return f'{v:,.1f}'
+    if col == 'γ': return f'{v:g}'
     if isinstance(v, int) or (isinstance(v, float) and float(v).is_integer() and abs(v) < 1e6): return f'{int(v):,}'
     return f'{v:.4f}' if abs(v) < 10 else f'{v:,.1f}'
 
@@ -235,7 +236,7 @@ def _plain_epoch_log(learn):
 # %% ../nbs/05_cli.ipynb #7e8b143a
 def run_training(path:str|Path|None=None, # folder of images; None: the embedded Fashion-MNIST subset
                  mix:str='mixup', # mixer: 'mixup', 'cutmix' or 'switch'
-                 gamma:float=1., # weight of the SEM penalty
+                 gamma:float|None=None, # weight of the SEM penalty; None: SEMMixup's default
                  alpha:float|None=None, # Beta(alpha, alpha) of λ; None: the mixer's default
                  epochs:int|None=None, # epochs of `fit_one_cycle`; None: chosen from the data
                  arch:str='cnn', # 'cnn', a torchvision or a timm model name
@@ -266,11 +267,13 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
     from fastai_sem.callback import SEMMixup
     from fastai_sem.data import fashion_dls
     if progress is None: progress = sys.stdout.isatty() or in_notebook()
-    runs = [('SEM', gamma)] + ([('plain ' + mix, 0.)] if compare else [])
+    runs = [('SEM', gamma)] + ([('plain ' + mix, 0.)] if compare else [])   # γ None: SEMMixup's default
     rows = []
     for name, g in runs:
         dls = fashion_dls(bs=bs, seed=seed) if path is None else folder_dls(path, bs=bs, size=size, seed=seed)
-        learn = make_learner(dls, arch, cbs=SEMMixup(alpha=alpha, gamma=g, mix=mix, shared_batch=shared_batch), seed=seed)
+        learn = make_learner(dls, arch, cbs=SEMMixup(alpha=alpha, mix=mix, shared_batch=shared_batch,
+                                                     **({} if g is None else {'gamma': g})), seed=seed)
+        g = learn.sem_mixup.gamma
         if not progress:
             learn.remove_cb(fv.ProgressCallback)
             learn.logger = _plain_epoch_log(learn)
@@ -301,7 +304,7 @@ def results_table(res, # the DataFrame `run_training` returns
 @call_parse(pos=['path'])
 def train(path:str=None, # folder of images (see the layouts below); default: the embedded Fashion-MNIST subset
           mix:str='mixup', # mixer: mixup, cutmix or switch (one of the two, per batch)
-          gamma:float=1., # weight γ of the SEM penalty, 0 or more (0: plain mixing)
+          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (0.3)
           alpha:float=None, # Beta(alpha, alpha) of λ; default: 0.4 for mixup, 1.0 for cutmix
           epochs:int=None, # epochs of fit_one_cycle; default: enough for about 400 steps (3 to 20)
           arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False
@@ -317,6 +320,36 @@ def train(path:str=None, # folder of images (see the layouts below); default: th
     print('\n' + results_table(res))
     return res
 
+# %% ../nbs/05_cli.ipynb #55d2243a
+@call_parse(pos=['path'])
+def compare(path:str=None, # folder of images (see `train --help`); default: the embedded Fashion-MNIST subset
+            mix:str='mixup', # mixer of both methods: mixup, cutmix or switch
+            seeds:int=3, # runs of each method, with seeds seed, seed+1, …; 2 or more
+            epochs:int=None, # epochs of fit_one_cycle per run; default: 5 on the embedded data, else chosen from the data
+            arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False
+            bs:int=None, # batch size; default: 128 on the embedded data, else chosen from the data
+            lr:float=1e-2, # maximum learning rate
+            size:int=None, # image size for a folder of images; default: the images' own size, at most 64
+            seed:int=0, # first random seed
+           ):
+    "Compare SEM at its defaults with the plain mixer over several seeds: accuracy, robustness, OOD detection, calibration, time"
+    check_options(mix, None, None, epochs, bs, lr, size)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2: raise InputError(f"--seeds {seeds!r}: give 2 or more")
+    check_arch(arch)
+    from fastai_sem.compare import compare_sem
+    dls = None
+    if path is not None:
+        info = inspect_folder(path)
+        print(f"data: {info}")
+        bs, size, epochs, why, warning = choose_settings(info.n_train, info.img_size, bs, size, epochs)
+        if why: print(why)
+        if warning: print(f"warning: {warning}", file=sys.stderr)
+        dls = folder_dls(path, bs=bs, size=size, seed=seed)
+    res = compare_sem(mix=mix, seeds=list(range(seed, seed + seeds)), epochs=epochs or 5, lr=lr, bs=bs or 128, arch=arch, dls=dls)
+    print()
+    res.print_report()
+    return res
+
 # %% ../nbs/05_cli.ipynb #f1071459
 _TRAIN_EPILOG = """folder layouts (PATH):
   PATH/train/CLASS/*.png + PATH/valid/CLASS/*.png   the training and validation sets
@@ -328,7 +361,17 @@ examples:
   fastai-sem train PATH --epochs 10 --bs 32   your images, some settings given
   fastai-sem train PATH --arch resnet18 --mix cutmix --gamma 0.5"""
 
-COMMANDS = {'train': (train, 'train with SEMMixup on a folder of images or the embedded Fashion-MNIST subset', _TRAIN_EPILOG)}
+_COMPARE_EPILOG = """SEM is SEMMixup(mix=MIX) at its defaults, the plain mixer the same with gamma 0; both train once per seed.
+Reported per method (mean ± std over seeds): clean accuracy, accuracy under corruptions of the validation images,
+OOD detection AUROC (maximum softmax probability and energy scores), expected calibration error and training time.
+
+examples:
+  fastai-sem compare                          embedded Fashion-MNIST, small CNN, 3 seeds (what make run does)
+  fastai-sem compare --mix cutmix
+  fastai-sem compare PATH --seeds 5           your images (layouts as in train --help)"""
+
+COMMANDS = {'train': (train, 'train with SEMMixup on a folder of images or the embedded Fashion-MNIST subset', _TRAIN_EPILOG),
+            'compare': (compare, 'SEM at its defaults against the plain mixer over several seeds, on several metrics', _COMPARE_EPILOG)}
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "fastcore's help layout (the defaults are in the help texts) that keeps the epilog's line breaks"

@@ -141,7 +141,7 @@ def test_short_run_log(digits, tmp_path):
     assert 'warning: only' not in err                                       # 160 images at batch 8: 20 steps
     table = lines[lines.index(next(l for l in lines if l.startswith('method'))):]
     assert table[0].split() == ['method', 'γ', 'accuracy', 'valid_loss', 'label_loss', 'sem_loss', 'seconds'], table
-    assert table[1].split()[:2] == ['SEM', '1'] and table[2].split()[:3] == ['plain', 'mixup', '0'], table
+    assert table[1].split()[:2] == ['SEM', '0.3'] and table[2].split()[:3] == ['plain', 'mixup', '0'], table
     assert table[-1].startswith('Columns: γ:'), table
     secs = table[1].split()[-1]
     assert '.' in secs and len(secs.split('.')[1]) == 1, secs               # seconds to one decimal
@@ -161,3 +161,19 @@ def test_defaults_fit_small_data(tmp_path):
     assert rc == 0, err
     row = next(l for l in out.splitlines() if l.startswith('SEM '))
     assert float(row.split()[2]) > 0.95, out
+
+
+def test_compare_command(digits, tmp_path):
+    "`fastai-sem compare` (the main job) on a small folder: both methods per seed, every metric, the noise sentence"
+    rc, out, err = fsem('compare', digits, '--seeds', '2', '--epochs', '1', '--bs', '16', cwd=tmp_path)
+    assert rc == 0, err
+    assert 'Traceback' not in err and '\r' not in out and '█' not in out, out + err
+    for word in ('clean acc', 'corruption acc', 'AUROC MSP', 'AUROC energy', 'ECE', 'time', 'seed noise'):
+        assert word in out, (word, out)
+    assert out.count('SEM, seed') == 2 and out.count('plain mixup, seed') == 2, out
+
+
+@pytest.mark.parametrize('args,words', [(('--seeds', '1'), ('--seeds', '2 or more')), (('--lr', '0'), ('--lr',)),
+                                        (('--mix', 'mixupp'), ('--mix',))])
+def test_compare_bad_options(tmp_path, args, words):
+    one_line_error(*fsem('compare', *args, cwd=tmp_path), *words)
