@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-slow docs bench repro clean-venv venv-install
+.PHONY: run test test-slow docs bench repro defaults-study clean-venv venv-install
 
 # nbdev-export rewrites pyproject.toml (same content, new mtime): reinstall only when its content has changed.
 .venv/.done: pyproject.toml
@@ -59,3 +59,7 @@ repro: .venv/.done .sysdeps.done
 
 clean-venv:
 	rm -rf .venv .sysdeps.done
+
+## How SEMMixup's defaults were chosen (validation grid, selection, test table): hours of CPU; see its --help.
+defaults-study: .venv/.done .sysdeps.done
+	$(PY) benchmarks/defaults_study.py --grid --select --test --threads 1
