@@ -60,6 +60,11 @@ def bad_folder(tmp_path, kind):
         d = digit_folder(tmp_path / 'bad', 40)
         (d / '3' / 'corrupt.png').write_bytes(b'\x89PNG not really')
         return d
+    if kind == 'truncated':   # a real PNG cut in half: it opens (the header is fine) and fails when decoded
+        d = digit_folder(tmp_path / 'cut', 40)
+        f = next((d / '3').glob('*.png'))
+        data = f.read_bytes(); (d / '3' / 'cut.png').write_bytes(data[:len(data) // 2])
+        return d
     if kind == 'valid-extra-class':
         d = digit_folder(tmp_path / 'split', 60, layout='train/valid')
         (d / 'valid' / 'zebra').mkdir()
@@ -75,6 +80,7 @@ def bad_folder(tmp_path, kind):
     ('no-classes', ['12 images but no class sub-folders', 'sub-folder named after it']),
     ('one-class', ["single class ('1')", 'at least two']),
     ('unreadable', ['cannot be read as images', 'corrupt.png']),
+    ('truncated', ['cannot be read as images', 'cut.png']),
     ('valid-extra-class', ['zebra', 'same class sub-folders']),
 ])
 def test_bad_folder(tmp_path, kind, words):
