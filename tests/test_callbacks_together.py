@@ -88,7 +88,7 @@ def test_gradient_accumulation(n_acc):
     learn.fit(1, 1e-3)
     assert spy.ratio == pytest.approx(8 / n_acc)
     sem = learn.sem_mixup
-    assert spy.loss_seen == pytest.approx((sem.label_loss + sem.sem_loss).item(), rel=1e-5)   # gamma = 1
+    assert spy.loss_seen == pytest.approx((sem.label_loss + sem.gamma*sem.sem_loss).item(), rel=1e-5)
 
 
 def test_gradient_accumulation_steps():
