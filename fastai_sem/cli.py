@@ -277,7 +277,7 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
         if not progress:
             learn.remove_cb(fv.ProgressCallback)
             learn.logger = _plain_epoch_log(learn)
-        print(f"\n{name}: {mix}, γ {_fmt(g)}, {arch}, {epochs} epoch{'s' if epochs > 1 else ''} of {len(dls.train)} steps, batch size {bs}", flush=True)
+        print(f"\n{name}: {mix}, γ {_fmt(g, 'γ')}, {arch}, {epochs} epoch{'s' if epochs > 1 else ''} of {len(dls.train)} steps, batch size {bs}", flush=True)
         start = time.perf_counter()
         learn.fit_one_cycle(epochs, lr)
         rec = dict(zip(learn.recorder.metric_names[1:-1], learn.recorder.values[-1]))
