@@ -157,9 +157,9 @@ class NaNOnRank0(Callback):
 def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False, cbs=()):
+def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False, cbs=(), standardize='global'):
     dls = dls_for_global_batch(num_distrib() or 1)
-    rec, sem = Record(), SEMMixup(mix=mixer, detach_target=detach_target, shared_batch=shared_batch)
+    rec, sem = Record(), SEMMixup(mix=mixer, detach_target=detach_target, shared_batch=shared_batch, standardize=standardize)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(SGD, mom=0.), cbs=[sem, rec, *cbs])
     learn.remove_cb(ProgressCallback); learn.logger = noop
     lf = learn.loss_func
@@ -174,10 +174,11 @@ def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, s
 
 
 SCENARIOS = {
-    # compared with the 1-process run: no BatchNorm, fixed λ/partners per step
-    'equiv': lambda: run(model_without_bn(), ScheduledMixer()),
-    'equiv_detach_false': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False),
-    'equiv_unused_params': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False,
+    # compared with the 1-process run: no BatchNorm, fixed λ/partners per step, and the raw penalty (the scale-free
+    # one standardises with each process's own batch, as BatchNorm without sync_bn does, so it differs from 1 process)
+    'equiv': lambda: run(model_without_bn(), ScheduledMixer(), standardize=None),
+    'equiv_detach_false': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False, standardize=None),
+    'equiv_unused_params': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False, standardize=None,
                                        ddp_kwargs=dict(find_unused_parameters=True)),
     # trains (finite), not compared: BatchNorm normalises per process with sync_bn=False; random MixUp/CutMix
     'bn_mixup': lambda: run(model_with_bn(), 'mixup'),
