@@ -138,7 +138,11 @@ class FeatureCapture:
     def __exit__(self, *exc): self.remove()
 
 # %% ../nbs/01_features.ipynb #261c05b4
-def forward_features(model:nn.Module, site:FeatureSite, x:Tensor) -> Tensor:
+def forward_features(model:nn.Module, site:FeatureSite, x:Tensor,
+                     keep_buffers:bool=False, # run on copies of the model's buffers, so BatchNorm's running statistics stay as they are
+                    ) -> Tensor:
     "h(`x`): run `model` on `x` and return the representation at `site`"
-    with FeatureCapture(model, site) as capture: model(x)
+    with FeatureCapture(model, site) as capture:
+        if keep_buffers: torch.func.functional_call(model, {n: b.clone() for n, b in model.named_buffers()}, (x,))
+        else: model(x)
     return capture.features

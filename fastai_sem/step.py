@@ -140,7 +140,7 @@ class SEMStep:
         else:
             self.lam, self.perm = mixed.lam, mixed.perm
             with torch.set_grad_enabled(not sem.detach_target):
-                self.h_clean = forward_features(unwrap_model(sem.model), sem.site, x)
+                self.h_clean = forward_features(unwrap_model(sem.model), sem.site, x, keep_buffers=True)
             self.x, self.y = mixed.x, y
         self.capture = FeatureCapture(sem.model, sem.site)   # last: nothing can fail between it and your forward pass
 

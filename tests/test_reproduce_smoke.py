@@ -95,24 +95,26 @@ def test_resume_keys(tmp_path):
     assert not r.done(df, r.planned_row('ERM', 0, r.parse_args(['--epochs', '3']), 60000))
 
 
-def test_clean_pass_keeps_bn_stats():
-    "The BatchNorm study's variant: its clean pass leaves the running statistics alone; SEMMixup's updates them"
-    import torch
+def test_clean_pass_and_bn_stats():
+    "SEMMixup's clean pass leaves BatchNorm's running statistics alone; the results' variant updates them as a train-mode pass does"
+    import copy, torch
     from fastai.vision.all import Learner, DataLoaders, CrossEntropyLossFlat
     from fastai_sem.callback import SEMMixup
     from fastai_sem.cli import small_cnn
     r = _module()
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    for cls, changed in ((SEMMixup, True), (r.CleanPassKeepsBNStats, False)):
-        learn = Learner(DataLoaders([], []), small_cnn(1, 10), loss_func=CrossEntropyLossFlat(), cbs=cls())
+    model = small_cnn(1, 10).train()
+    expected = copy.deepcopy(model); expected(x)   # what one clean train-mode pass does to the statistics
+    for cls, changed in ((SEMMixup, False), (r.CleanPassUpdatesBNStats, True)):
+        learn = Learner(DataLoaders([], []), copy.deepcopy(model), loss_func=CrossEntropyLossFlat(), cbs=cls())
         learn.model.train()
         before = {n: b.clone() for n, b in learn.model.named_buffers()}
         learn.xb, learn.yb = (x,), (y,)
         cb = next(c for c in learn.cbs if isinstance(c, SEMMixup))
         cb.before_train(); cb.before_batch()
         assert cb.h_clean.shape == (8, 128)
-        moved = any(not torch.equal(before[n], b) for n, b in learn.model.named_buffers())
-        assert moved == changed, cls.__name__
+        want = dict(expected.named_buffers()) if changed else before
+        for n, b in learn.model.named_buffers(): assert torch.equal(b, want[n]), (cls.__name__, n)
         learn.model(*learn.xb)   # the training forward still updates them
         assert any(not torch.equal(before[n], b) for n, b in learn.model.named_buffers())
 
