@@ -16,6 +16,7 @@ from fastai.vision.core import TensorImage, TensorImageBW
 from copy import copy as shallow_copy, deepcopy
 from .callback import SEMMixup
 from .corruptions import CORRUPTIONS, corrupt
+from .ood import expected_calibration_error
 
 # %% ../nbs/06_gamma_find.ipynb #67be91cf
 def _uint8_images(dl, xb) -> np.ndarray:
@@ -72,11 +73,15 @@ def images_logits(
 
 # %% ../nbs/06_gamma_find.ipynb #4ed518a5
 def suggest_gamma(
-    table:pd.DataFrame, # One row per γ (the index): columns `accuracy` and, optionally, `corruption_acc`
+    table:pd.DataFrame, # One row per γ (the index): columns `accuracy` and, optionally, `corruption_acc` and `ece`
     tol:float=0.01, # How far below the best validation accuracy a γ may be and still be chosen
+    ece_tol:float|None=0.01, # How far above the ECE of γ = 0 (the plain mixer) a γ's ECE may be; None: no bound
 ) -> float:
-    "The γ with the highest `corruption_acc` among those with `accuracy` within `tol` of the best; ties: the smaller γ"
+    "The γ with the highest `corruption_acc` among those with `accuracy` within `tol` of the best (and ECE within `ece_tol` of γ = 0's); ties: the smaller γ"
     ok = table[table.accuracy >= table.accuracy.max() - tol]
+    if ece_tol is not None and 'ece' in table and 0. in table.index:
+        ok = ok[(ok.ece <= table.ece[0.] + ece_tol) | (ok.index == 0.)]
+    if ok.empty: return 0.
     by = 'corruption_acc' if 'corruption_acc' in ok and ok.corruption_acc.notna().all() else 'accuracy'
     return float(ok.index[ok[by] == ok[by].max()].min())
 
@@ -121,14 +126,14 @@ class _Snapshot:
 # %% ../nbs/06_gamma_find.ipynb #56654dbe
 class GammaFind:
     "What `gamma_find` found: `table` (one row per γ), `suggested` (the γ to use) and `rule` (how it was chosen)"
-    def __init__(self, table:pd.DataFrame, suggested:float, rule:str, tol:float|None=None): store_attr()
+    def __init__(self, table:pd.DataFrame, suggested:float, rule:str, tol:float|None=None, ece_tol:float|None=None): store_attr()
     def __repr__(self): return f"{self.table.round(4).to_string()}\nsuggested γ = {self.suggested:g}: {self.rule}"
 
-    def plot(self, figsize:tuple=(9, 3.2)):
-        "Validation and corruption accuracy against γ (symlog axis, γ = 0 included); the suggested γ in red"
+    def plot(self, figsize:tuple=(12, 3.2)):
+        "Validation accuracy, corruption accuracy and ECE against γ (symlog axis, γ = 0 included); the suggested γ in red"
         import matplotlib.pyplot as plt
         t = self.table
-        cols = [c for c in ('accuracy', 'corruption_acc') if c in t and t[c].notna().any()]
+        cols = [c for c in ('accuracy', 'corruption_acc', 'ece') if c in t and t[c].notna().any()]
         fig, axs = plt.subplots(1, len(cols), figsize=figsize, squeeze=False)
         pos = t.index[t.index > 0]
         for ax, c in zip(axs[0], cols):
@@ -137,11 +142,13 @@ class GammaFind:
                     label=f'suggested γ = {self.suggested:g}')
             if c == 'accuracy' and self.tol is not None:
                 ax.axhline(t.accuracy.max() - self.tol, ls='--', color='gray', lw=1, label=f'best − tol ({self.tol:g})')
+            if c == 'ece' and self.ece_tol is not None and 0. in t.index:
+                ax.axhline(t.ece[0.] + self.ece_tol, ls='--', color='gray', lw=1, label=f'γ = 0 + ece_tol ({self.ece_tol:g})')
             lin = float(pos.min()) if len(pos) else 1.
             ax.set_xscale('symlog', linthresh=lin)
             ax.set_xlim(t.index.min() - lin/3, t.index.max()*1.3 if len(pos) else lin)
             ax.set_xticks(list(t.index), [f'{g:g}' for g in t.index]); ax.minorticks_off()
-            ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy')[c])
+            ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy', ece='validation ECE')[c])
             ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
@@ -161,6 +168,7 @@ def gamma_find(
     epochs:int=3, # Epochs of `fit_one_cycle` per γ
     lr:float|None=None, # Maximum learning rate of `fit_one_cycle`; None: its default (`learn.lr`)
     tol:float=0.01, # Validation accuracy may be this much below the best for a γ to be chosen for its robustness
+    ece_tol:float|None=0.01, # A γ's validation ECE may be this much above γ = 0's (if 0 is in `gammas`); None: no bound
     corruptions=FIND_CORRUPTIONS, # Names from `CORRUPTIONS`; () for no robustness measure
     severities=(3,), # Severities (1-5) of the corruptions
     n_per_class:int|None=50, # Validation images per class that are corrupted; None: all
@@ -173,8 +181,9 @@ def gamma_find(
     gammas = _check_gammas(gammas)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"`epochs` must be an integer >= 1, got {epochs!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"`tol` must be a number >= 0, got {tol!r}")
+    for name, v in (('tol', tol), ('ece_tol', 0. if ece_tol is None else ece_tol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"`{name}` must be a number >= 0{' or None' if name == 'ece_tol' else ''}, got {v!r}")
     corruptions = list(listify(corruptions))
     if any(c not in CORRUPTIONS for c in corruptions):
         raise ValueError(f"`corruptions` must be names from {list(CORRUPTIONS)}, got {corruptions}")
@@ -208,19 +217,21 @@ def gamma_find(
             secs = time.perf_counter() - start
             learn.remove_cb(cb)
             with learn.no_bar(): preds, targs = learn.get_preds(dl=learn.dls.valid, act=noop)
-            row = dict(gamma=g, accuracy=float((preds.argmax(1) == targs.view(-1)).float().mean()))
+            row = dict(gamma=g, accuracy=float((preds.argmax(1) == targs.view(-1)).float().mean()),
+                       ece=expected_calibration_error(F.softmax(preds.float(), 1), targs.view(-1)))
             if corruptions:
                 row['corruption_acc'] = float(np.mean([(images_logits(learn, o).argmax(1).numpy() == y).mean() for o in corrupted]))
             rows.append(dict(row, seconds=secs))
             if verbose:
-                print(f"  γ = {g:<5g} validation accuracy {row['accuracy']:.4f}"
+                print(f"  γ = {g:<5g} validation accuracy {row['accuracy']:.4f}, ECE {row['ece']:.4f}"
                       + (f", corruption accuracy {row['corruption_acc']:.4f}" if corruptions else '') + f"  ({secs:.0f} s)")
     finally: snap.restore()
     table = pd.DataFrame(rows).set_index('gamma')
-    rule = (f"the highest corruption accuracy among the γ whose validation accuracy is within {tol:g} of the best "
+    bound = (f" and whose validation ECE is at most {ece_tol:g} above γ = 0's" if ece_tol is not None and 0. in table.index else '')
+    rule = (f"the highest corruption accuracy among the γ whose validation accuracy is within {tol:g} of the best{bound} "
             f"({len(y)} validation images × {len(corruptions)} corruptions × severities {', '.join(map(str, severities))}); "
-            "ties go to the smaller γ" if corruptions else "the highest validation accuracy; ties go to the smaller γ")
-    res = GammaFind(table, suggest_gamma(table, tol), rule, tol)
+            "ties go to the smaller γ" if corruptions else f"the highest validation accuracy among the γ{bound[4:] if bound else ''}; ties go to the smaller γ")
+    res = GammaFind(table, suggest_gamma(table, tol, ece_tol), rule, tol, ece_tol)
     if show_plot: res.plot()
     return res
 
