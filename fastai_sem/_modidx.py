@@ -38,6 +38,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'fastai_sem.cli.check_options': ('cli.html#check_options', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli.choose_settings': ('cli.html#choose_settings', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli.compare': ('cli.html#compare', 'fastai_sem/cli.py'),
+                                'fastai_sem.cli.find_gamma': ('cli.html#find_gamma', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli.folder_dls': ('cli.html#folder_dls', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli.inspect_folder': ('cli.html#inspect_folder', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli.main': ('cli.html#main', 'fastai_sem/cli.py'),

@@ -13,7 +13,7 @@ from fastcore.script import CliError, anno_parser, call_parse, store_true
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'LAYOUTS', 'MIN_STEPS', 'TARGET_STEPS', 'MAX_SIZE', 'MIXERS', 'COLUMNS', 'COMMANDS', 'small_cnn',
            'InputError', 'FolderInfo', 'inspect_folder', 'choose_settings', 'check_arch', 'check_options', 'folder_dls',
-           'make_learner', 'run_training', 'results_table', 'train', 'compare', 'main']
+           'make_learner', 'run_training', 'results_table', 'train', 'compare', 'find_gamma', 'main']
 
 # %% ../nbs/05_cli.ipynb #7ffed4e8
 def _fastai():
@@ -350,6 +350,54 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
     res.print_report()
     return res
 
+# %% ../nbs/05_cli.ipynb #d547f7f0
+@call_parse(pos=['path'])
+def find_gamma(path:str=None, # folder of images (see `train --help`); default: the embedded Fashion-MNIST subset
+               mix:str='mixup', # mixer: mixup, cutmix or switch
+               gammas:str='0,0.1,0.3,1,3,10,30', # the values of γ to try, separated by commas; keep 0, the plain mixer
+               epochs:int=3, # epochs of fit_one_cycle per γ
+               arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False
+               bs:int=None, # batch size; default: 128 on the embedded data, else chosen from the data
+               lr:float=3e-3, # maximum learning rate
+               size:int=None, # image size for a folder of images; default: the images' own size, at most 64
+               seed:int=0, # random seed (weights, validation split, batch order, corruptions)
+               plot:str=None, # also save the plot of accuracy, corruption accuracy and ECE against γ to this image file
+              ):
+    "Choose γ on the validation split: a short run per γ, its accuracy, robustness and calibration, and a suggested γ"
+    try: gs = [float(g) for g in str(gammas).split(',')]
+    except ValueError: raise InputError(f"--gammas {gammas!r}: give numbers separated by commas, e.g. 0,0.3,1") from None
+    if any(not math.isfinite(g) or g < 0 for g in gs) or len(set(gs)) != len(gs):
+        raise InputError(f"--gammas {gammas!r}: give different numbers, 0 or more, separated by commas")
+    check_options(mix, None, None, epochs, bs, lr, size)
+    check_arch(arch)
+    import numpy as np
+    _fastai()   # first, so that fastai is imported without torch's FutureWarning
+    from fastai_sem.callback import SEMMixup
+    from fastai_sem.data import load_fashion_small, arrays_dls, balanced_subset_idxs
+    import fastai_sem.gamma_find   # Learner.gamma_find
+    if path is None:
+        x, y = load_fashion_small()[:2]
+        valid = balanced_subset_idxs(y, 60, seed=seed)
+        train = np.setdiff1d(np.arange(len(y)), valid)
+        print("data: the embedded Fashion-MNIST subset; γ is chosen on 600 of its 3,000 training images (60 per class), "
+              "trained on the other 2,400")
+        dls = arrays_dls(x[train], y[train], x[valid], y[valid], bs=bs or 128, seed=seed)
+    else:
+        info = inspect_folder(path)
+        print(f"data: {info}")
+        bs, size, _, why, warning = choose_settings(info.n_train, info.img_size, bs, size, epochs)
+        if why: print(why)
+        if warning: print(f"warning: {warning}", file=sys.stderr)
+        dls = folder_dls(path, bs=bs, size=size, seed=seed)
+    learn = make_learner(dls, arch, cbs=SEMMixup(mix=mix), seed=seed)
+    res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False)
+    print(f"\n{res}")
+    if plot:
+        res.plot().savefig(plot, dpi=100)
+        print(f"plot saved to {plot}")
+    print(f"\ntrain with it: fastai-sem train {'' if path is None else str(path) + ' '}--mix {mix} --gamma {res.suggested:g}")
+    return res
+
 # %% ../nbs/05_cli.ipynb #f1071459
 _TRAIN_EPILOG = """folder layouts (PATH):
   PATH/train/CLASS/*.png + PATH/valid/CLASS/*.png   the training and validation sets
@@ -370,8 +418,18 @@ examples:
   fastai-sem compare --mix cutmix
   fastai-sem compare PATH --seeds 5           your images (layouts as in train --help)"""
 
+_FIND_GAMMA_EPILOG = """One run of fit_one_cycle(EPOCHS) per value of --gammas, from the same initial weights. The suggested γ has
+the highest accuracy on corrupted validation images among those whose validation accuracy is within 0.01 of the
+best and whose validation ECE is at most 0.01 above γ 0's (see gamma_find in the docs).
+
+examples:
+  fastai-sem find-gamma                       embedded Fashion-MNIST (γ chosen on 600 held-out training images)
+  fastai-sem find-gamma PATH --epochs 5 --plot gamma.png
+  fastai-sem find-gamma PATH --gammas 0,0.1,0.3,1 --mix cutmix"""
+
 COMMANDS = {'train': (train, 'train with SEMMixup on a folder of images or the embedded Fashion-MNIST subset', _TRAIN_EPILOG),
-            'compare': (compare, 'SEM at its defaults against the plain mixer over several seeds, on several metrics', _COMPARE_EPILOG)}
+            'compare': (compare, 'SEM at its defaults against the plain mixer over several seeds, on several metrics', _COMPARE_EPILOG),
+            'find-gamma': (find_gamma, 'choose γ on the validation split: short runs over a grid of γ, a suggested γ', _FIND_GAMMA_EPILOG)}
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "fastcore's help layout (the defaults are in the help texts) that keeps the epilog's line breaks"

@@ -231,6 +231,7 @@ def gamma_find(
     rule = (f"the highest corruption accuracy among the γ whose validation accuracy is within {tol:g} of the best{bound} "
             f"({len(y)} validation images × {len(corruptions)} corruptions × severities {', '.join(map(str, severities))}); "
             "ties go to the smaller γ" if corruptions else f"the highest validation accuracy among the γ{bound[4:] if bound else ''}; ties go to the smaller γ")
+    if bound: rule += "; γ = 0 if no γ qualifies"
     res = GammaFind(table, suggest_gamma(table, tol, ece_tol), rule, tol, ece_tol)
     if show_plot: res.plot()
     return res

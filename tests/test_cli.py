@@ -124,6 +124,9 @@ def test_help():
         assert opt in out, opt
     rc, out, err = fsem()
     assert rc == 2 and 'train' in err
+    rc, out, err = fsem('find-gamma', '--help')
+    assert rc == 0, err
+    for opt in ['--gammas', '--epochs', '--plot', '--mix', 'ECE']: assert opt in out, opt
 
 
 def test_help_imports_neither_fastai_nor_torch():
@@ -183,3 +186,23 @@ def test_compare_command(digits, tmp_path):
                                         (('--mix', 'mixupp'), ('--mix',))])
 def test_compare_bad_options(tmp_path, args, words):
     one_line_error(*fsem('compare', *args, cwd=tmp_path), *words)
+
+
+def test_find_gamma_command(digits, tmp_path):
+    "`fastai-sem find-gamma` on a small folder: one row per γ with accuracy, ECE and corruption accuracy, a suggestion, a plot"
+    rc, out, err = fsem('find-gamma', digits, '--gammas', '0,1', '--epochs', '1', '--bs', '16', '--plot', 'g.png', cwd=tmp_path)
+    assert rc == 0, err
+    assert 'Traceback' not in err and '\r' not in out and '█' not in out, out + err
+    for word in ('accuracy', 'ece', 'corruption_acc', 'suggested γ = ', 'train with it: fastai-sem train'):
+        assert word in out, (word, out)
+    suggested = float(out.split('suggested γ = ')[1].split(':')[0])
+    assert suggested in (0., 1.), out
+    assert f'--gamma {suggested:g}' in out, out
+    assert (tmp_path / 'g.png').stat().st_size > 1000
+
+
+@pytest.mark.parametrize('args,words', [(('--gammas', '0,x'), ('--gammas', 'commas')), (('--gammas', '0,-1'), ('--gammas',)),
+                                        (('--gammas', '1,1'), ('--gammas',)), (('--epochs', '0'), ('--epochs',)),
+                                        (('--arch', 'resnett18'), ('--arch',))])
+def test_find_gamma_bad_options(tmp_path, args, words):
+    one_line_error(*fsem('find-gamma', *args, cwd=tmp_path), *words)
