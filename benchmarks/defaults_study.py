@@ -76,6 +76,21 @@ RESNET_CONFIGS = ('global γ=0.3', 'spatial γ=0.3')
 # the CNN with CutMix: the plan had all of CONFIGS; cut for time (after the MixUp half of the CNN grid) to the ones
 # that can decide between raw, scale-free pooled and spatial at γ ≤ 1 (γ = 3 had collapsed training with MixUp)
 CNN_CUTMIX_CONFIGS = ('raw γ=1', 'global γ=0.3', 'global γ=1', 'spatial γ=0.3', 'spatial γ=1')
+# round 2 (`--round 2`), after SEMMixup's clean pass stopped updating BatchNorm's running statistics: round 1 found
+# ECE worse at every γ, growing with γ; round 2 adds γ = 0.1 and the cosine distance, which leaves the norm of h(x̃)
+# free, and three seeds on the CNN. The ResNet and the CNN with CutMix got the configurations that were eligible on
+# the CNN with MixUp (seed 0, the first 4 CNN runs), and the CNN with CutMix γ = 0.3 and cosine γ = 1 for comparison.
+CONFIGS2 = {
+    'global γ=0.1':    dict(standardize='global', gamma=.1),
+    'global γ=0.3':    dict(standardize='global', gamma=.3),
+    'cosine γ=0.3':    dict(standardize='global', distance='cosine', gamma=.3),
+    'cosine γ=1':      dict(standardize='global', distance='cosine', gamma=1.),
+    'cosine γ=3':      dict(standardize='global', distance='cosine', gamma=3.),
+}
+ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_CONFIGS, suffix=''),
+          2: dict(configs=CONFIGS2, resnet=('global γ=0.1', 'cosine γ=0.3'), suffix='2',
+                  cnn_cutmix=('global γ=0.1', 'global γ=0.3', 'cosine γ=0.3', 'cosine γ=1'))}
+GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)}}
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -98,13 +113,13 @@ class ValidData(R.Data):
         return self._ood
 
 
-def make_cbs(method, config):
-    "Callbacks of `method` ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix'); `config`: a CONFIGS name or 'default'"
+def make_cbs(method, config, configs=CONFIGS):
+    "Callbacks of `method` ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix'); `config`: a `configs` name or 'default'"
     if method == 'ERM': return []
     if method == 'MixUp': return [MixUp(0.4)]
     if method == 'CutMix': return [CutMix(1.0)]
     mix = method.split('+')[1]
-    return [SEMMixup(mix=mix) if config == 'default' else SEMMixup(mix=mix, **CONFIGS[config])]
+    return [SEMMixup(mix=mix) if config == 'default' else SEMMixup(mix=mix, **configs[config])]
 
 
 def make_learner(arch, dls, cbs):
@@ -121,7 +136,7 @@ def run_one(r, data, args):
     set_seed(seed, reproducible=True)
     dls = data.dls(bs, seed)
     set_seed(seed, reproducible=True)
-    cbs = make_cbs(r['method'], r['config'])
+    cbs = make_cbs(r['method'], r['config'], ROUNDS[args.round]['configs'])
     learn = make_learner(arch, dls, cbs)
     sem = next((c for c in cbs if isinstance(c, SEMMixup)), None)
     load = os.getloadavg()[0]
@@ -133,7 +148,8 @@ def run_one(r, data, args):
     metrics = R.evaluate(learn, data)
     metrics.pop('_per_corruption', None); metrics.pop('clean_acc_2k', None)
     for k in [k for k in metrics if k.startswith('sev') and k != 'sev5_acc']: metrics.pop(k)
-    settings = {} if sem is None else dict(gamma=sem.gamma, standardize=str(sem.standardize), spatial=sem.spatial)
+    settings = {} if sem is None else dict(gamma=sem.gamma, standardize=str(sem.standardize), spatial=sem.spatial,
+                                           distance=getattr(sem.distance, '__name__', str(sem.distance)).replace('_distance', ''))
     return dict(**r, **settings, n_train=len(data.x_train), **metrics, label_loss=rec.get('label_loss', np.nan),
                 sem_loss=rec.get('sem_loss', np.nan), train_seconds=round(train_s, 1),
                 eval_seconds=round(time.perf_counter() - start, 1), load_avg=round(load, 2), threads=torch.get_num_threads())
@@ -162,7 +178,7 @@ def run_runs(runs, make_data, args, fn, title):
         if arch not in datas: datas = {arch: make_data(arch)}   # one architecture's data at a time
         row = run_one(r, datas[arch], args)
         R.append_row(out, row)
-        shown = [k for k in ('clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece') if k in row]
+        shown = [k for k in ('clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece', 'conf_gap') if k in row]
         print(f"{arch:8s} {r['method']:10s} {r['config']:14s} seed {r['seed']} " + ' '.join(f"{k} {row[k]:.4f}" for k in shown)
               + f" sem_loss {row['sem_loss']:.4f} train {row['train_seconds']:.0f}s eval {row['eval_seconds']:.0f}s"
               f" load {row['load_avg']:.1f}", flush=True)
@@ -170,13 +186,15 @@ def run_runs(runs, make_data, args, fn, title):
 
 
 def grid_runs(args):
+    rnd, phase = ROUNDS[args.round], 'valid' + ROUNDS[args.round]['suffix']
     runs = []
     for arch in args.archs:
         for mix, (base, _) in BASE.items():
             ep = ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1
-            runs.append(dict(phase='valid', arch=arch, method=base, config='base', seed=0, epochs=ep))
-            for c in (RESNET_CONFIGS if arch == 'resnet18' else CNN_CUTMIX_CONFIGS if mix == 'cutmix' else CONFIGS):
-                runs.append(dict(phase='valid', arch=arch, method=f'SEM+{mix}', config=c, seed=0, epochs=ep))
+            for seed in (GRID_SEEDS[args.round][arch] if not args.smoke else (0,)):
+                runs.append(dict(phase=phase, arch=arch, method=base, config='base', seed=seed, epochs=ep))
+                for c in (rnd['resnet'] if arch == 'resnet18' else rnd['cnn_cutmix'] if mix == 'cutmix' else rnd['configs']):
+                    runs.append(dict(phase=phase, arch=arch, method=f'SEM+{mix}', config=c, seed=seed, epochs=ep))
     return runs
 
 
@@ -197,20 +215,21 @@ def test_data(args):
 
 
 def deltas(grid):
-    "Per mixer, config and architecture: the paired difference to fastai's own mixer on validation"
+    "Per mixer, config and architecture: the difference to fastai's own mixer on validation, paired by seed, mean over seeds"
+    cols = ['clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece']
     rows = []
     for mix, (base, _) in BASE.items():
         for arch, g in grid.groupby('arch'):
-            b = g[g['method'] == base]
+            b = g[g['method'] == base].set_index('seed')[cols]
             if b.empty: continue
-            b = b.iloc[0]
-            for _, r in g[g['method'] == f'SEM+{mix}'].iterrows():
-                d = {k: r[k] - b[k] for k in ('clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece')}
-                rows.append(dict(mix=mix, config=r['config'], arch=arch, **{f'd_{k}': v for k, v in d.items()}))
+            for config, c in g[g['method'] == f'SEM+{mix}'].groupby('config', sort=False):
+                c = c.set_index('seed')[cols]
+                d = (c - b.reindex(c.index)).mean()
+                rows.append(dict(mix=mix, config=config, arch=arch, seeds=len(c), **{f'd_{k}': d[k] for k in cols}))
     return pd.DataFrame(rows)
 
 
-def select(grid, n_archs=2):
+def select(grid, n_archs=2, configs=CONFIGS):
     "The selection rule of the module docstring: (table of candidates, {mix: chosen config})"
     d = deltas(grid)
     d['score'] = d['d_corruption_acc'] + 0.5*(d['d_auroc_mnist'] + d['d_auroc_mnist_energy'])
@@ -224,16 +243,18 @@ def select(grid, n_archs=2):
         ok = t[(t['archs'] == n_archs) & t['eligible'] & (t['score'] > 0)]
         if ok.empty:
             both = t[t['archs'] == n_archs]
-            gam = both['config'].map(lambda c: CONFIGS[c]['gamma'])
-            chosen[mix] = (both.loc[gam.idxmin(), 'config'] if len(both) else None, 'no eligible configuration: the smallest γ')
+            gam = both['config'].map(lambda c: configs[c]['gamma'])
+            chosen[mix] = (both.loc[gam.idxmin(), 'config'] if len(both) else None, 'no eligible configuration with a positive score: the smallest γ')
         else: chosen[mix] = (ok.loc[ok['score'].idxmax(), 'config'], 'largest score among the eligible')
     return table, chosen
 
 
 def test_runs(args):
-    return [dict(phase='test', arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
+    "Round 1: every method; round 2: the SEM methods at the library's new defaults (the other methods have not changed)"
+    methods = ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix') if args.round == 1 else ('SEM+mixup', 'SEM+cutmix')
+    return [dict(phase='test' + ROUNDS[args.round]['suffix'], arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
                  epochs=ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1)
-            for s in args.seeds for arch in args.archs for m in ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix')]
+            for s in args.seeds for arch in args.archs for m in methods]
 
 
 def parse_args(argv=None):
@@ -252,6 +273,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -267,18 +289,22 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
     out = args.out_dir; out.mkdir(parents=True, exist_ok=True)
-    grid_fn, sel_fn, test_fn = out/'defaults_grid.csv', out/'defaults_selection.csv', out/'defaults_test.csv'
+    sfx = ROUNDS[args.round]['suffix']
+    grid_fn, sel_fn, test_fn = out/f'defaults_grid{sfx}.csv', out/f'defaults_selection{sfx}.csv', out/f'defaults_test{sfx}.csv'
     t0 = time.perf_counter()
     if args.grid or args.smoke: run_runs(grid_runs(args), valid_data(args), args, grid_fn, 'validation grid')
     if args.select or args.smoke:
-        table, chosen = select(read_all(grid_fn), n_archs=len(args.archs))
+        table, chosen = select(read_all(grid_fn), n_archs=len(args.archs), configs=ROUNDS[args.round]['configs'])
         table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
         table.to_csv(sel_fn, index=False)
         print(table.to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
         for mix, (c, why) in chosen.items(): print(f"{mix}: default {c} ({why})")
     if args.test or args.smoke:
         df = run_runs(test_runs(args), test_data(args), args, test_fn, 'test table')
-        df = df[df['phase'] == 'test']
+        df = df[df['phase'] == 'test' + sfx]
+        if args.round > 1:   # the methods that round 2 did not re-run, from round 1
+            first = read_all(out/'defaults_test.csv')
+            if len(first): df = pd.concat([first[(first['phase'] == 'test') & ~first['method'].str.startswith('SEM')], df])
         for arch, g in df.groupby('arch'): print(f'\n{arch}\n' + R.summary(g).to_string())
     print(f"done in {time.perf_counter() - t0:.0f} s; CSVs in {out}")
 

@@ -304,7 +304,7 @@ def results_table(res, # the DataFrame `run_training` returns
 @call_parse(pos=['path'])
 def train(path:str=None, # folder of images (see the layouts below); default: the embedded Fashion-MNIST subset
           mix:str='mixup', # mixer: mixup, cutmix or switch (one of the two, per batch)
-          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (0.3)
+          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (0.1)
           alpha:float=None, # Beta(alpha, alpha) of λ; default: 0.4 for mixup, 1.0 for cutmix
           epochs:int=None, # epochs of fit_one_cycle; default: enough for about 400 steps (3 to 20)
           arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False

@@ -75,7 +75,7 @@ class SEM:
         model:nn.Module|None,   # the model being trained (a DDP/DataParallel wrapper is looked through); None: set `sem.model` later
         *,
         alpha:float|None=None,  # Beta(alpha, alpha) of λ; None: the mixer's default (MixUp 0.4, CutMix 1.0)
-        gamma:float=0.3,        # weight γ of the equivariance penalty (0: the plain mixer)
+        gamma:float=0.1,        # weight γ of the equivariance penalty (0: the plain mixer)
         mix:str|Mixer='mixup',  # 'mixup', 'cutmix', 'switch' (random per batch) or a `Mixer`
         layer:str|nn.Module|None=None, # where h is read (see `representation_site`); None: input of the final classifier
         distance:str|Callable='mse',   # 'mse', 'l2', 'cosine' or f(h_mixed, target) -> scalar

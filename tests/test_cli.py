@@ -150,7 +150,8 @@ def test_short_run_log(digits, tmp_path):
     assert 'warning: only' not in err                                       # 160 images at batch 8: 20 steps
     table = lines[lines.index(next(l for l in lines if l.startswith('method'))):]
     assert table[0].split() == ['method', 'γ', 'accuracy', 'valid_loss', 'label_loss', 'sem_loss', 'seconds'], table
-    assert table[1].split()[:2] == ['SEM', '0.3'] and table[2].split()[:3] == ['plain', 'mixup', '0'], table
+    from fastai_sem.step import SEM
+    assert table[1].split()[:2] == ['SEM', f'{SEM(None).gamma:g}'] and table[2].split()[:3] == ['plain', 'mixup', '0'], table
     assert table[-1].startswith('Columns: γ:'), table
     secs = table[1].split()[-1]
     assert '.' in secs and len(secs.split('.')[1]) == 1, secs               # seconds to one decimal
