@@ -157,9 +157,12 @@ class NaNOnRank0(Callback):
 def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False, cbs=(), standardize='global'):
+def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False, cbs=(), standardize='global',
+        gamma=0.3):
+    "γ is fixed here, not SEMMixup's default: the penalty must weigh enough for `test_tolerance_discriminates` to see it"
     dls = dls_for_global_batch(num_distrib() or 1)
-    rec, sem = Record(), SEMMixup(mix=mixer, detach_target=detach_target, shared_batch=shared_batch, standardize=standardize)
+    rec, sem = Record(), SEMMixup(mix=mixer, gamma=gamma, detach_target=detach_target, shared_batch=shared_batch,
+                                  standardize=standardize)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(SGD, mom=0.), cbs=[sem, rec, *cbs])
     learn.remove_cb(ProgressCallback); learn.logger = noop
     lf = learn.loss_func
