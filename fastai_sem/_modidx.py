@@ -31,6 +31,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'fastai_sem.cli._fmt': ('cli.html#_fmt', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli._images': ('cli.html#_images', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli._img_size': ('cli.html#_img_size', 'fastai_sem/cli.py'),
+                                'fastai_sem.cli._load_folder': ('cli.html#_load_folder', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli._parser': ('cli.html#_parser', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli._plain_epoch_log': ('cli.html#_plain_epoch_log', 'fastai_sem/cli.py'),
                                 'fastai_sem.cli._steps': ('cli.html#_steps', 'fastai_sem/cli.py'),

@@ -194,6 +194,18 @@ def folder_dls(path:str|Path, # the folder of images, in one of the layouts `ins
     return fv.ImageDataLoaders.from_folder(path, **split, seed=seed, bs=bs, item_tfms=fv.Resize(size),
                                            batch_tfms=fv.Normalize.from_stats(*fv.imagenet_stats), num_workers=0)
 
+def _load_folder(path:str|Path, # the folder of images
+                       bs:int|None, size:int|None, epochs:int|None, # the user's settings; None: chosen from the data
+                       seed:int=0, # seed of the validation split and the batch order
+                      ) -> tuple: # (dls, bs, size, epochs)
+    "Check the folder, print what it holds and the settings chosen for it (warnings on stderr), and load it"
+    info = inspect_folder(path)
+    print(f"data: {info}")
+    bs, size, epochs, why, warning = choose_settings(info.n_train, info.img_size, bs, size, epochs)
+    if why: print(why)
+    if warning: print(f"warning: {warning}", file=sys.stderr)
+    return folder_dls(path, bs=bs, size=size, seed=seed), bs, size, epochs
+
 def make_learner(dls, # fastai `DataLoaders`
                  arch:str='cnn', # 'cnn' (`small_cnn`), a torchvision model name, or a timm name (pretrained=False)
                  cbs=None, # callbacks of the Learner
@@ -338,13 +350,7 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
     check_arch(arch)
     from fastai_sem.compare import compare_sem
     dls = None
-    if path is not None:
-        info = inspect_folder(path)
-        print(f"data: {info}")
-        bs, size, epochs, why, warning = choose_settings(info.n_train, info.img_size, bs, size, epochs)
-        if why: print(why)
-        if warning: print(f"warning: {warning}", file=sys.stderr)
-        dls = folder_dls(path, bs=bs, size=size, seed=seed)
+    if path is not None: dls, bs, size, epochs = _load_folder(path, bs, size, epochs, seed)
     res = compare_sem(mix=mix, seeds=list(range(seed, seed + seeds)), epochs=epochs or 5, lr=lr, bs=bs or 128, arch=arch, dls=dls)
     print()
     res.print_report()
@@ -382,13 +388,7 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
         print("data: the embedded Fashion-MNIST subset; γ is chosen on 600 of its 3,000 training images (60 per class), "
               "trained on the other 2,400")
         dls = arrays_dls(x[train], y[train], x[valid], y[valid], bs=bs or 128, seed=seed)
-    else:
-        info = inspect_folder(path)
-        print(f"data: {info}")
-        bs, size, _, why, warning = choose_settings(info.n_train, info.img_size, bs, size, epochs)
-        if why: print(why)
-        if warning: print(f"warning: {warning}", file=sys.stderr)
-        dls = folder_dls(path, bs=bs, size=size, seed=seed)
+    else: dls = _load_folder(path, bs, size, epochs, seed)[0]
     learn = make_learner(dls, arch, cbs=SEMMixup(mix=mix), seed=seed)
     res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False)
     print(f"\n{res}")
