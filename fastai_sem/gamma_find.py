@@ -227,10 +227,12 @@ def gamma_find(
                       + (f", corruption accuracy {row['corruption_acc']:.4f}" if corruptions else '') + f"  ({secs:.0f} s)")
     finally: snap.restore()
     table = pd.DataFrame(rows).set_index('gamma')
-    bound = (f" and whose validation ECE is at most {ece_tol:g} above γ = 0's" if ece_tol is not None and 0. in table.index else '')
-    rule = (f"the highest corruption accuracy among the γ whose validation accuracy is within {tol:g} of the best{bound} "
-            f"({len(y)} validation images × {len(corruptions)} corruptions × severities {', '.join(map(str, severities))}); "
-            "ties go to the smaller γ" if corruptions else f"the highest validation accuracy among the γ{bound[4:] if bound else ''}; ties go to the smaller γ")
+    bound = f"whose validation ECE is at most {ece_tol:g} above γ = 0's" if ece_tol is not None and 0. in table.index else ''
+    if corruptions:
+        rule = (f"the highest corruption accuracy among the γ whose validation accuracy is within {tol:g} of the best"
+                f"{' and ' + bound if bound else ''} ({len(y)} validation images × {len(corruptions)} corruptions × "
+                f"severities {', '.join(map(str, severities))}); ties go to the smaller γ")
+    else: rule = f"the highest validation accuracy{' among the γ ' + bound if bound else ''}; ties go to the smaller γ"
     if bound: rule += "; γ = 0 if no γ qualifies"
     res = GammaFind(table, suggest_gamma(table, tol, ece_tol), rule, tol, ece_tol)
     if show_plot: res.plot()
