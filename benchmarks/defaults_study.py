@@ -7,6 +7,12 @@ architectures, on validation splits only; then the test-set table at the chosen 
     python benchmarks/defaults_study.py --test        # the test table: ERM, fastai MixUp/CutMix, SEMMixup() at its defaults
     python benchmarks/defaults_study.py --grid --worker 0/2 & python benchmarks/defaults_study.py --grid --worker 1/2
     python benchmarks/defaults_study.py --smoke       # every code path on tiny sizes (< 2 min), into a temporary folder
+    python benchmarks/defaults_study.py --grid --select --test --round 2   # round 2 (CONFIGS2): the defaults as they are now
+
+Round 2 (`--round 2`, files `defaults_grid2*.csv`, `defaults_selection2.csv`, `defaults_test2*.csv`) ran after the
+clean pass stopped updating BatchNorm's running statistics, with the candidates of CONFIGS2, three seeds on the CNN
+(GRID_SEEDS), the same protocol and rule, and a `conf_gap` column (mean confidence minus accuracy); its test table
+re-runs the SEM methods only (the baselines' rows are round 1's).
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
