@@ -63,3 +63,4 @@ clean-venv:
 ## How SEMMixup's defaults were chosen (validation grid, selection, test table): hours of CPU; see its --help.
 defaults-study: .venv/.done .sysdeps.done
 	$(PY) benchmarks/defaults_study.py --grid --select --test --threads 1
+	$(PY) benchmarks/defaults_study.py --grid --select --test --threads 1 --round 2

@@ -35,7 +35,9 @@ default is the one closest to the plain mixer (smallest γ). One seed per config
 Test (`--test`): train on all 60,000 training images (ResNet: the first 5,000), evaluate on the 10,000 test images:
 clean accuracy, corruption accuracy (15 × 5 on a 2,000-image class-balanced subset, ResNet 500; seed 0), MSP and energy AUROC
 and FPR95 against MNIST-5k, ECE, NLL; seeds 0, 1, 2; methods ERM, fastai MixUp(0.4), fastai CutMix(1.0),
-`SEMMixup(mix='mixup')` and `SEMMixup(mix='cutmix')` with the library's defaults as they are when the script runs.
+SEM+MixUp and SEM+CutMix at the round's defaults: round 1's choice (γ 0.3, scale-free, pooled) with round 1's clean
+pass (`reproduce.CleanPassUpdatesBNStats`), so that round 1 reproduces; in round 2, `SEMMixup(mix=...)` with the
+library's defaults as they are when the script runs. The round-1 grid uses that clean pass too.
 
 Every run appends its row to the CSV as soon as it ends; a run already in the CSV is skipped, so the command can be
 restarted. `--worker i/n` runs every n-th pending run (start n processes with --threads 1 on n cores) and writes to
@@ -93,9 +95,12 @@ CONFIGS2 = {
     'cosine γ=1':      dict(standardize='global', distance='cosine', gamma=1.),
     'cosine γ=3':      dict(standardize='global', distance='cosine', gamma=3.),
 }
-ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_CONFIGS, suffix=''),
+# each round's SEM callback and what its test table's 'default' meant: round 1 ran with the clean pass that updated
+# BatchNorm's statistics and chose γ 0.3, so it is pinned to both and still reproduces; round 2 is the library as it is
+ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_CONFIGS, suffix='',
+                  sem=R.CleanPassUpdatesBNStats, default=dict(standardize='global', spatial=False, gamma=.3)),
           2: dict(configs=CONFIGS2, resnet=('global γ=0.1', 'cosine γ=0.3'), suffix='2',
-                  cnn_cutmix=('global γ=0.1', 'global γ=0.3', 'cosine γ=0.3', 'cosine γ=1'))}
+                  cnn_cutmix=('global γ=0.1', 'global γ=0.3', 'cosine γ=0.3', 'cosine γ=1'), sem=SEMMixup, default={})}
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)}}
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
@@ -119,13 +124,13 @@ class ValidData(R.Data):
         return self._ood
 
 
-def make_cbs(method, config, configs=CONFIGS):
-    "Callbacks of `method` ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix'); `config`: a `configs` name or 'default'"
+def make_cbs(method, config, rnd=ROUNDS[2]):
+    "Callbacks of `method` ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix'); `config`: a name of the round's configs or 'default'"
     if method == 'ERM': return []
     if method == 'MixUp': return [MixUp(0.4)]
     if method == 'CutMix': return [CutMix(1.0)]
     mix = method.split('+')[1]
-    return [SEMMixup(mix=mix) if config == 'default' else SEMMixup(mix=mix, **configs[config])]
+    return [rnd['sem'](mix=mix, **(rnd['default'] if config == 'default' else rnd['configs'][config]))]
 
 
 def make_learner(arch, dls, cbs):
@@ -142,7 +147,7 @@ def run_one(r, data, args):
     set_seed(seed, reproducible=True)
     dls = data.dls(bs, seed)
     set_seed(seed, reproducible=True)
-    cbs = make_cbs(r['method'], r['config'], ROUNDS[args.round]['configs'])
+    cbs = make_cbs(r['method'], r['config'], ROUNDS[args.round])
     learn = make_learner(arch, dls, cbs)
     sem = next((c for c in cbs if isinstance(c, SEMMixup)), None)
     load = os.getloadavg()[0]
