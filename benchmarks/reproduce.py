@@ -176,10 +176,11 @@ def evaluate(learn, data:Data) -> dict:
     l_test = logits_of(model, dls, data.x_test)
     probs = F.softmax(l_test, 1)
     sub = data.subset
-    res = dict(clean_acc=acc_of(l_test, data.y_test),
+    acc = acc_of(l_test, data.y_test)
+    res = dict(clean_acc=acc,
                nll=float(F.cross_entropy(l_test, torch.as_tensor(data.y_test))),
                ece=expected_calibration_error(probs, data.y_test),
-               conf_gap=float(probs.max(1).values.mean()) - acc_of(l_test, data.y_test),   # < 0: underconfident
+               conf_gap=float(probs.max(1).values.mean()) - acc,   # < 0: underconfident
                clean_acc_2k=acc_of(l_test[sub], data.y_test[sub]))
     if data.is_valid: return {f'valid_{k}': v for k, v in res.items() if k != 'clean_acc_2k'}
     y_sub = data.y_test[sub]

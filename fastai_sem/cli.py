@@ -195,9 +195,9 @@ def folder_dls(path:str|Path, # the folder of images, in one of the layouts `ins
                                            batch_tfms=fv.Normalize.from_stats(*fv.imagenet_stats), num_workers=0)
 
 def _load_folder(path:str|Path, # the folder of images
-                       bs:int|None, size:int|None, epochs:int|None, # the user's settings; None: chosen from the data
-                       seed:int=0, # seed of the validation split and the batch order
-                      ) -> tuple: # (dls, bs, size, epochs)
+                 bs:int|None, size:int|None, epochs:int|None, # the user's settings; None: chosen from the data
+                 seed:int=0, # seed of the validation split and the batch order
+                ) -> tuple: # (dls, bs, size, epochs)
     "Check the folder, print what it holds and the settings chosen for it (warnings on stderr), and load it"
     info = inspect_folder(path)
     print(f"data: {info}")
