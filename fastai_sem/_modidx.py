@@ -242,7 +242,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'fastai_sem.ood.msp_score': ('ood.html#msp_score', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.ood_metrics': ('ood.html#ood_metrics', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.reliability_diagram': ('ood.html#reliability_diagram', 'fastai_sem/ood.py')},
-            'fastai_sem.penalty': { 'fastai_sem.penalty.cosine_distance': ('penalty.html#cosine_distance', 'fastai_sem/penalty.py'),
+            'fastai_sem.penalty': { 'fastai_sem.penalty._sum_over_processes': ('penalty.html#_sum_over_processes', 'fastai_sem/penalty.py'),
+                                    'fastai_sem.penalty.cosine_distance': ('penalty.html#cosine_distance', 'fastai_sem/penalty.py'),
                                     'fastai_sem.penalty.equivariance_target': ('penalty.html#equivariance_target', 'fastai_sem/penalty.py'),
                                     'fastai_sem.penalty.get_distance': ('penalty.html#get_distance', 'fastai_sem/penalty.py'),
                                     'fastai_sem.penalty.l2_distance': ('penalty.html#l2_distance', 'fastai_sem/penalty.py'),
@@ -266,4 +267,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fastai_sem.step.SEMStep.loss': ('step.html#semstep.loss', 'fastai_sem/step.py'),
                                  'fastai_sem.step._check_target': ('step.html#_check_target', 'fastai_sem/step.py'),
                                  'fastai_sem.step._checked_mix': ('step.html#_checked_mix', 'fastai_sem/step.py'),
-                                 'fastai_sem.step._mixed_label_loss': ('step.html#_mixed_label_loss', 'fastai_sem/step.py')}}}
+                                 'fastai_sem.step._mixed_label_loss': ('step.html#_mixed_label_loss', 'fastai_sem/step.py'),
+                                 'fastai_sem.step._trains_with_other_processes': ( 'step.html#_trains_with_other_processes',
+                                                                                   'fastai_sem/step.py')}}}

@@ -122,6 +122,10 @@ class SEM:
                 f"spatial={self.spatial}, detach_target={self.detach_target}, shared_batch={self.shared_batch})")
 
 # %% ../nbs/02a_step.ipynb #a9e8b19f
+def _trains_with_other_processes(model:nn.Module) -> bool:
+    "Whether `model` is DDP-wrapped with other processes, which then standardise h with all their batches' statistics"
+    return isinstance(model, nn.parallel.DistributedDataParallel) and torch.distributed.get_world_size() > 1
+
 class SEMStep:
     "One SEM training step (made by `SEM.step`): train on `x`, `y`, then `loss`; `with` removes what it set up"
     def __init__(self, sem:SEM, x:Tensor, y:Tensor):
@@ -162,7 +166,8 @@ class SEMStep:
         self.capture = self.h_clean = None
         label = _mixed_label_loss(loss_func, pred, self.y, self.lam, self.perm)
         m = self.mixed
-        penalty = sem_penalty(h_mixed, h_clean, m.lam, m.perm, self.sem.distance, m.mask, self.sem.standardize)
+        penalty = sem_penalty(h_mixed, h_clean, m.lam, m.perm, self.sem.distance, m.mask, self.sem.standardize,
+                              sync=_trains_with_other_processes(self.sem.model))
         if penalty.ndim != 0: raise ValueError(f"`distance` must return a scalar, got a tensor of shape {tuple(penalty.shape)}")
         return SEMLoss(label + self.sem.gamma*penalty, label, penalty, self.lam, self.perm)
 

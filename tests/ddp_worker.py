@@ -176,10 +176,22 @@ def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, s
                 trainer_removed=not any(isinstance(cb, DistributedTrainer) for cb in learn.cbs))
 
 
+def run_unsynced(*args, **kwargs):
+    "`run` with the penalty's statistics taken per process (what SEM did before it summed them over the processes)"
+    import fastai_sem.step as step
+    synced, step._trains_with_other_processes = step._trains_with_other_processes, lambda model: False
+    try: return run(*args, **kwargs)
+    finally: step._trains_with_other_processes = synced
+
+
 SCENARIOS = {
-    # compared with the 1-process run: no BatchNorm, fixed λ/partners per step, and the raw penalty (the scale-free
-    # one standardises with each process's own batch, as BatchNorm without sync_bn does, so it differs from 1 process)
+    # compared with the 1-process run: no BatchNorm, fixed λ/partners per step; the raw penalty, and the scale-free
+    # one, whose statistics are summed over the processes
     'equiv': lambda: run(model_without_bn(), ScheduledMixer(), standardize=None),
+    'equiv_scale_free': lambda: run(model_without_bn(), ScheduledMixer()),
+    'equiv_scale_free_feature': lambda: run(model_without_bn(), ScheduledMixer(), standardize='feature'),
+    # the same with each process standardising by its own batch's statistics: must differ from 1 process
+    'equiv_scale_free_unsynced': lambda: run_unsynced(model_without_bn(), ScheduledMixer()),
     'equiv_detach_false': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False, standardize=None),
     'equiv_unused_params': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False, standardize=None,
                                        ddp_kwargs=dict(find_unused_parameters=True)),

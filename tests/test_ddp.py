@@ -6,7 +6,8 @@ program) and once without torchrun (one process, no DDP). Its docstring says wha
 Equivalence ("same global batch"). Each DDP process trains on 4 of the 8 items of a step, and DDP averages the
 gradients of the two processes. Both the label loss and the penalty (MSE) of a process are means over its 4 samples
 (and over the same number of feature elements), so the average of the two processes' losses is the mean over all 8
-— the loss of one process that sees the same 8 items, if
+— the loss of one process that sees the same 8 items (the scale-free penalty too: its standardising statistics
+are summed over the processes, and `test_scale_free_needs_summed_statistics` checks that per-process ones differ), if
 * each process's half of the global batch is the same 8 items as the single process's batch (unshuffled loaders,
   ordered accordingly: `dls_for_global_batch`);
 * the mixing is the same: λ fixed per step and sample, partners drawn within each half (a DDP process only has its
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / 'ddp_worker.py'
-EQUIV = ['equiv', 'equiv_detach_false', 'equiv_unused_params']
+EQUIV = ['equiv', 'equiv_detach_false', 'equiv_unused_params', 'equiv_scale_free', 'equiv_scale_free_feature']
 TRAINS = ['bn_mixup', 'bn_cutmix_detach_false', 'bn_shared_batch']
 RTOL, ATOL = 5e-6, 1e-7
 
@@ -56,7 +57,7 @@ def torchrun(out, *scenarios, **kw):
 def results(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available(): pytest.skip('torch.distributed with gloo is not available')
     out = tmp_path_factory.mktemp('ddp')
-    torchrun(out, *EQUIV, *TRAINS, 'sync_bn_cpu')
+    torchrun(out, *EQUIV, 'equiv_scale_free_unsynced', *TRAINS, 'sync_bn_cpu')
     _run([sys.executable, str(WORKER), str(out), *EQUIV])
     return [json.loads((out/f).read_text()) for f in ('rank0.json', 'rank1.json', 'single.json')]
 
@@ -101,6 +102,16 @@ def test_tolerance_discriminates(results):
     assert a[0]['loss'] == b[0]['loss']                                   # same weights at step 1
     diff = max(abs(x['loss'] - y['loss']) for x, y in zip(a[1:], b[1:]))
     assert diff > 20 * (ATOL + RTOL * max(abs(x['loss']) for x in a))
+
+
+def test_scale_free_needs_summed_statistics(results):
+    "Standardising by each process's own batch gives a penalty that differs from one process's, far beyond the tolerance"
+    single = results[2]['equiv_scale_free']['steps']
+    for name in ('equiv_scale_free', 'equiv_scale_free_unsynced'): assert 'error' not in results[0][name], results[0][name]
+    ddp = lambda name: [(a['sem'] + b['sem']) / 2 for a, b in zip(results[0][name]['steps'], results[1][name]['steps'])]
+    ref = np.array([s['sem'] for s in single])
+    np.testing.assert_allclose(ddp('equiv_scale_free'), ref, rtol=RTOL, atol=ATOL)
+    assert np.abs(np.array(ddp('equiv_scale_free_unsynced')) - ref).max() > 20 * (ATOL + RTOL * ref.max())
 
 
 def test_sync_bn_needs_gpu(results):
