@@ -8,7 +8,7 @@ from fastai.basics import *
 
 # %% auto #0
 __all__ = ['DISTANCES', 'STANDARDIZE', 'mask_on_grid', 'equivariance_target', 'mse_distance', 'l2_distance', 'cosine_distance',
-           'get_distance', 'standardize_features', 'sem_penalty']
+           'get_distance', 'standardization', 'sem_penalty']
 
 # %% ../nbs/02_penalty.ipynb #76b040ae
 def mask_on_grid(lam:Tensor, # (bs,): share of each mixed sample from its own image
@@ -38,6 +38,7 @@ def cosine_distance(h_mixed, target):
     return (1 - F.cosine_similarity(h_mixed, target, dim=1)).mean()
 
 DISTANCES = {'mse': mse_distance, 'l2': l2_distance, 'cosine': cosine_distance}
+_SCALE_POWER = {mse_distance: 2, l2_distance: 1}   # functions of h_mixed − target: scaling it by s scales them by s**power
 
 def get_distance(distance:str|Callable) -> Callable:
     "The distance `distance` names, or `distance` itself if it is a callable `f(h_mixed, target) -> scalar`"
@@ -54,11 +55,11 @@ def _sum_over_processes(*ts:Tensor) -> list:
     torch.distributed.all_reduce(flat)
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in ts]), ts)]
 
-def standardize_features(h_mixed:Tensor, h_clean:Tensor, # (bs, n) or feature maps (bs, C, H, W)
-                         per_feature:bool=False, # one scale per feature/channel instead of one for all
-                         sync:bool=False, # statistics of the clean batches of all processes (every process must call it)
-                        ) -> tuple:
-    "`h_mixed` and `h_clean` shifted and scaled by the clean batch's (detached) mean and spread"
+def standardization(h_clean:Tensor, # clean representations, (bs, n) or feature maps (bs, C, H, W)
+                    per_feature:bool=False, # one scale per feature/channel instead of one for all
+                    sync:bool=False, # statistics of the clean batches of all processes (every process must call it)
+                   ) -> tuple:
+    "(shift, scale), detached: (h − shift)·scale standardises h by the clean batch's mean and spread; a global scale is 0-d"
     dims = [0, *range(2, h_clean.ndim)]   # over the batch and, for a map, its positions
     with torch.no_grad():
         total, n = h_clean.sum(dims, keepdim=True), h_clean.new_tensor(h_clean.numel() / h_clean.shape[1])
@@ -68,10 +69,9 @@ def standardize_features(h_mixed:Tensor, h_clean:Tensor, # (bs, n) or feature ma
         if sync: sq, = _sum_over_processes(sq)
         var = sq / n
         avg = var.mean()
-        var = var + 0.01*avg if per_feature else avg.expand_as(var)
+        var = var + 0.01*avg if per_feature else avg
         spread = avg > 1e-6*(mean.square().mean() + avg)   # no spread (bs 1, constant features): leave the scale
-        scale = torch.where(spread, var, torch.ones_like(var)).rsqrt()
-    return (h_mixed - mean)*scale, (h_clean - mean)*scale
+        return mean, torch.where(spread, var, torch.ones_like(var)).rsqrt()
 
 # %% ../nbs/02_penalty.ipynb #07b2413b
 def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_features) or (bs, C, H, W)
@@ -85,8 +85,16 @@ def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_fea
     "dist(h(x̃), λ·h(x) + (1−λ)·h(x[perm])) on standardised features, computed in float32"
     if standardize not in STANDARDIZE:
         raise ValueError(f"`standardize` must be one of {list(STANDARDIZE)}, got {standardize!r}")
+    dist = get_distance(distance)
     with torch.autocast(h_mixed.device.type, enabled=False):
         h_mixed, h_clean = h_mixed.float(), h_clean.float()
-        if standardize: h_mixed, h_clean = standardize_features(h_mixed, h_clean, standardize == 'feature', sync)
         target = equivariance_target(h_clean, lam.float(), perm, mask)
-        return get_distance(distance)(h_mixed.flatten(1), target.flatten(1))
+        if standardize:
+            shift, scale = standardization(h_clean, standardize == 'feature', sync)
+            # the target mixes h_clean convexly, so standardising it equals mixing the standardised h_clean. mse and l2
+            # see only h_mixed − target, where the shift cancels and a global scale factors out: no pass over h for them
+            if dist in _SCALE_POWER and scale.ndim == 0:
+                return dist(h_mixed.flatten(1), target.flatten(1)) * scale**_SCALE_POWER[dist]
+            if dist not in _SCALE_POWER: h_mixed, target = h_mixed - shift, target - shift
+            h_mixed, target = h_mixed*scale, target*scale
+        return dist(h_mixed.flatten(1), target.flatten(1))
