@@ -64,3 +64,4 @@ clean-venv:
 defaults-study: .venv/.done .sysdeps.done
 	$(PY) benchmarks/defaults_study.py --grid --select --test --threads 1
 	$(PY) benchmarks/defaults_study.py --grid --select --test --threads 1 --round 2
+	$(PY) benchmarks/defaults_study.py --grid --select --test --threads 1 --round 3

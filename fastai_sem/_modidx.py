@@ -268,4 +268,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fastai_sem.step._checked_mix': ('step.html#_checked_mix', 'fastai_sem/step.py'),
                                  'fastai_sem.step._mixed_label_loss': ('step.html#_mixed_label_loss', 'fastai_sem/step.py'),
                                  'fastai_sem.step._trains_with_other_processes': ( 'step.html#_trains_with_other_processes',
-                                                                                   'fastai_sem/step.py')}}}
+                                                                                   'fastai_sem/step.py'),
+                                 'fastai_sem.step.default_gamma': ('step.html#default_gamma', 'fastai_sem/step.py')}}}

@@ -13,7 +13,7 @@ from .features import *
 from .penalty import *
 
 # %% auto #0
-__all__ = ['SEMLoss', 'SEM', 'SEMStep']
+__all__ = ['DEFAULT_GAMMA', 'SEMLoss', 'default_gamma', 'SEM', 'SEMStep']
 
 # %% ../nbs/02a_step.ipynb #01031ca3
 def _check_target(y, n:int):
@@ -69,13 +69,21 @@ class SEMLoss(NamedTuple):
     perm: Tensor        # (bs,): the index of each trained sample's partner
 
 # %% ../nbs/02a_step.ipynb #5db4a26a
+# γ when none is given, per mixer: chosen on validation splits by `benchmarks/defaults_study.py` (round 3), see
+# "SEM at its defaults". With CutMix every γ tried lowered clean accuracy beyond seed noise, so its default is 0.
+DEFAULT_GAMMA = {'mixup': 0.03, 'cutmix': 0.}
+
+def default_gamma(mix:str|Mixer) -> float:
+    "The γ `SEM` uses when none is given: `DEFAULT_GAMMA` for MixUp and CutMix; MixUp's for mixers never measured"
+    return DEFAULT_GAMMA['cutmix'] if mix == 'cutmix' or isinstance(mix, CutMixMixer) else DEFAULT_GAMMA['mixup']
+
 class SEM:
     "Semantic Equivariant Mixup for `model` in your own training loop: `with sem.step(x, y) as step:` per batch"
     def __init__(self,
         model:nn.Module|None,   # the model being trained (a DDP/DataParallel wrapper is looked through); None: set `sem.model` later
         *,
         alpha:float|None=None,  # Beta(alpha, alpha) of λ; None: the mixer's default (MixUp 0.4, CutMix 1.0)
-        gamma:float=0.1,        # weight γ of the equivariance penalty (0: the plain mixer)
+        gamma:float|None=None,  # weight γ of the equivariance penalty (0: the plain mixer); None: `default_gamma(mix)`
         mix:str|Mixer='mixup',  # 'mixup', 'cutmix', 'switch' (random per batch) or a `Mixer`
         layer:str|nn.Module|None=None, # where h is read (see `representation_site`); None: input of the final classifier
         distance:str|Callable='mse',   # 'mse', 'l2', 'cosine' or f(h_mixed, target) -> scalar
@@ -85,6 +93,7 @@ class SEM:
         switch_prob:float=0.5,   # with mix='switch': probability that a batch uses CutMix
         shared_batch:bool=False, # no extra forward pass: the batch's first half, trained clean, anchors mixes made from it
     ):
+        if gamma is None: gamma = default_gamma(mix)
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
             raise ValueError(f"`gamma` must be a finite number >= 0 (the weight of the penalty), got {gamma!r}")
         if layer is not None and not isinstance(layer, (str, nn.Module)):
