@@ -316,7 +316,7 @@ def results_table(res, # the DataFrame `run_training` returns
 @call_parse(pos=['path'])
 def train(path:str=None, # folder of images (see the layouts below); default: the embedded Fashion-MNIST subset
           mix:str='mixup', # mixer: mixup, cutmix or switch (one of the two, per batch)
-          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (0.1)
+          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (MixUp 0.03, CutMix 0)
           alpha:float=None, # Beta(alpha, alpha) of λ; default: 0.4 for mixup, 1.0 for cutmix
           epochs:int=None, # epochs of fit_one_cycle; default: enough for about 400 steps (3 to 20)
           arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False
@@ -343,15 +343,23 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
             lr:float=1e-2, # maximum learning rate
             size:int=None, # image size for a folder of images; default: the images' own size, at most 64
             seed:int=0, # first random seed
+            gamma:float=None, # SEM's γ, more than 0; default: SEMMixup's for the mixer (MixUp 0.03; CutMix 0, so give one)
            ):
     "Compare SEM at its defaults with the plain mixer over several seeds: accuracy, robustness, OOD detection, calibration, time"
-    check_options(mix, None, None, epochs, bs, lr, size)
+    check_options(mix, gamma, None, epochs, bs, lr, size)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2: raise InputError(f"--seeds {seeds!r}: give 2 or more")
+    _fastai()   # first, so that fastai is imported without torch's FutureWarning
+    from fastai_sem.step import default_gamma
+    if gamma == 0: raise InputError("--gamma 0 is the plain mixer, which compare trains anyway: give --gamma more than 0")
+    if gamma is None and default_gamma(mix) == 0:
+        raise InputError(f"SEMMixup's default γ with --mix {mix} is 0 (the plain {mix}: every γ tried did harm on our "
+                         f"validation runs), so there is nothing to compare: give --gamma, e.g. --gamma 0.1")
     check_arch(arch)
     from fastai_sem.compare import compare_sem
     dls = None
     if path is not None: dls, bs, size, epochs = _load_folder(path, bs, size, epochs, seed)
-    res = compare_sem(mix=mix, seeds=list(range(seed, seed + seeds)), epochs=epochs or 5, lr=lr, bs=bs or 128, arch=arch, dls=dls)
+    res = compare_sem(mix=mix, seeds=list(range(seed, seed + seeds)), epochs=epochs or 5, lr=lr, bs=bs or 128, arch=arch, dls=dls,
+                      **({} if gamma is None else {'gamma': gamma}))
     print()
     res.print_report()
     return res
@@ -409,13 +417,14 @@ examples:
   fastai-sem train PATH --epochs 10 --bs 32   your images, some settings given
   fastai-sem train PATH --arch resnet18 --mix cutmix --gamma 0.5"""
 
-_COMPARE_EPILOG = """SEM is SEMMixup(mix=MIX) at its defaults, the plain mixer the same with gamma 0; both train once per seed.
+_COMPARE_EPILOG = """SEM is SEMMixup(mix=MIX) at its defaults (or with --gamma), the plain mixer the same with gamma 0; both train
+once per seed.
 Reported per method (mean ± std over seeds): clean accuracy, accuracy under corruptions of the validation images,
 OOD detection AUROC (maximum softmax probability and energy scores), expected calibration error and training time.
 
 examples:
   fastai-sem compare                          embedded Fashion-MNIST, small CNN, 3 seeds (what make run does)
-  fastai-sem compare --mix cutmix
+  fastai-sem compare --mix cutmix --gamma 0.1  CutMix's default γ is 0, so give one
   fastai-sem compare PATH --seeds 5           your images (layouts as in train --help)"""
 
 _FIND_GAMMA_EPILOG = """One run of fit_one_cycle(EPOCHS) per value of --gammas, from the same initial weights. The suggested γ has
