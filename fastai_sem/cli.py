@@ -343,14 +343,13 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
             lr:float=1e-2, # maximum learning rate
             size:int=None, # image size for a folder of images; default: the images' own size, at most 64
             seed:int=0, # first random seed
-            gamma:float=None, # SEM's γ, more than 0; default: SEMMixup's for the mixer (MixUp 0.03; CutMix 0, so give one)
+            gamma:float=None, # SEM's γ; default: SEMMixup's for the mixer (MixUp 0.03; CutMix 0, so give one)
            ):
     "Compare SEM at its defaults with the plain mixer over several seeds: accuracy, robustness, OOD detection, calibration, time"
     check_options(mix, gamma, None, epochs, bs, lr, size)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2: raise InputError(f"--seeds {seeds!r}: give 2 or more")
     _fastai()   # first, so that fastai is imported without torch's FutureWarning
     from fastai_sem.step import default_gamma
-    if gamma == 0: raise InputError("--gamma 0 is the plain mixer, which compare trains anyway: give --gamma more than 0")
     if gamma is None and default_gamma(mix) == 0:
         raise InputError(f"SEMMixup's default γ with --mix {mix} is 0 (the plain {mix}: every γ tried did harm on our "
                          f"validation runs), so there is nothing to compare: give --gamma, e.g. --gamma 0.1")
