@@ -367,7 +367,7 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
 @call_parse(pos=['path'])
 def find_gamma(path:str=None, # folder of images (see `train --help`); default: the embedded Fashion-MNIST subset
                mix:str='mixup', # mixer: mixup, cutmix or switch
-               gammas:str='0,0.1,0.3,1,3,10,30', # the values of γ to try, separated by commas; keep 0, the plain mixer
+               gammas:str='0,0.03,0.1,0.3,1,3', # the values of γ to try, separated by commas; keep 0, the plain mixer
                epochs:int=3, # epochs of fit_one_cycle per γ
                arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False
                bs:int=None, # batch size; default: 128 on the embedded data, else chosen from the data

@@ -86,7 +86,7 @@ def suggest_gamma(
     return float(ok.index[ok[by] == ok[by].max()].min())
 
 # %% ../nbs/06_gamma_find.ipynb #6869b9d3
-GAMMAS = (0., 0.1, 0.3, 1., 3., 10., 30.)   # the default grid: γ = 0 (the plain mixer) and half-decades around 1
+GAMMAS = (0., 0.03, 0.1, 0.3, 1., 3.)   # the default grid: γ = 0 (the plain mixer), MixUp's default and half-decades up to 3
 FIND_CORRUPTIONS = ('gaussian_noise', 'defocus_blur', 'fog', 'pixelate')   # noise, blur, weather, digital
 
 # %% ../nbs/06_gamma_find.ipynb #f4bc7dd4
