@@ -134,7 +134,6 @@ CASES = [
     ctor('gamma', 'SEMMixup(gamma=inf)'),
     ctor('gamma', 'SEMMixup(gamma=True)'),
     ctor('gamma', "SEMMixup(gamma='1')"),
-    ctor('gamma', 'SEMMixup(gamma=None)'),
     ctor('mix', "SEMMixup(mix='mixupp')"),
     ctor('mix', "SEMMixup(mix='MixUp')"),
     ctor('mix', 'SEMMixup(mix=3)'),
