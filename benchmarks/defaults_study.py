@@ -229,6 +229,16 @@ def grid_runs(args):
     return runs
 
 
+def own_grid(grid, args):
+    "The rows of the round's grid files without the runs that only another round sharing them defines (round 3 extends round 2's)"
+    key = lambda r: tuple(R._norm(r[k]) for k in KEY)
+    mine = {key(r) for r in grid_runs(args)}
+    shares = lambda n: ROUNDS[n].get('grid_suffix', ROUNDS[n]['suffix']) == ROUNDS[args.round].get('grid_suffix', ROUNDS[args.round]['suffix'])
+    foreign = {key(r) for n in ROUNDS if n != args.round and shares(n)
+               for r in grid_runs(argparse.Namespace(**{**vars(args), 'round': n}))} - mine
+    return grid[[key(r) not in foreign for r in grid.to_dict('records')]]
+
+
 def valid_data(args):
     def make(arch):
         n = ARCH_SETTINGS[arch]['n_grid'] if not args.smoke else 512
@@ -245,25 +255,29 @@ def test_data(args):
     return make
 
 
+# the metrics of the rules, and the sign that makes a difference to the base mixer an improvement
+HARM_SIGN = {'clean_acc': 1, 'corruption_acc': 1, 'auroc_mnist': 1, 'auroc_mnist_energy': 1, 'ece': -1}
+
 def deltas(grid):
-    "Per mixer, config and architecture: the difference to fastai's own mixer on validation, paired by seed, mean over seeds"
-    cols = ['clean_acc', 'corruption_acc', 'auroc_mnist', 'auroc_mnist_energy', 'ece']
-    rows = []
+    """Per mixer, config and architecture, the differences to fastai's own mixer on validation, paired by seed: their
+    mean (`d_*`) and standard deviation (`sd_*`) over the seeds both ran (`seeds`), and the rules' score"""
+    cols, rows = list(HARM_SIGN), []
     for mix, (base, _) in BASE.items():
         for arch, g in grid.groupby('arch'):
             b = g[g['method'] == base].set_index('seed')[cols]
-            if b.empty: continue
             for config, c in g[g['method'] == f'SEM+{mix}'].groupby('config', sort=False):
-                c = c.set_index('seed')[cols]
-                d = (c - b.reindex(c.index)).mean()
-                rows.append(dict(mix=mix, config=config, arch=arch, seeds=len(c), **{f'd_{k}': d[k] for k in cols}))
+                d = (c.set_index('seed')[cols] - b).dropna()
+                if d.empty: continue
+                mean, std = d.mean(), d.std()
+                rows.append(dict(mix=mix, config=config, arch=arch, seeds=len(d),
+                                 score=mean['corruption_acc'] + 0.5*(mean['auroc_mnist'] + mean['auroc_mnist_energy']),
+                                 **{f'd_{k}': mean[k] for k in cols}, **{f'sd_{k}': std[k] for k in cols}))
     return pd.DataFrame(rows)
 
 
 def select(grid, n_archs=2, configs=CONFIGS):
     "The selection rule of the module docstring: (table of candidates, {mix: chosen config})"
     d = deltas(grid)
-    d['score'] = d['d_corruption_acc'] + 0.5*(d['d_auroc_mnist'] + d['d_auroc_mnist_energy'])
     d['ok'] = (d['d_clean_acc'] >= -0.005) & (d['d_ece'] <= 0.01)
     table = d.groupby(['mix', 'config']).agg(archs=('arch', 'nunique'), eligible=('ok', 'all'), score=('score', 'mean'),
                                              d_clean=('d_clean_acc', 'mean'), d_corr=('d_corruption_acc', 'mean'),
@@ -280,27 +294,17 @@ def select(grid, n_archs=2, configs=CONFIGS):
     return table, chosen
 
 
-HARM_SIGN = {'clean_acc': 1, 'corruption_acc': 1, 'auroc_mnist': 1, 'auroc_mnist_energy': 1, 'ece': -1}
-
 def select_no_harm(grid, configs, n_archs=2, n_seeds=3):
     """Round 3's rule: a configuration does harm on an architecture if, on any metric, the mean of its per-seed paired
     differences to fastai's own mixer is worse by more than their standard deviation, or its ECE is more than 0.01
     higher. Among the configurations with `n_seeds` seeds on `n_archs` architectures that do no harm on any of them,
     the default is the one with the largest positive score (round 1's score, mean over architectures); if no score is
     positive, the largest γ that does no harm (as much SEM as does no harm); if every one does harm, γ = 0."""
-    rows = []
-    for mix, (base, _) in BASE.items():
-        for arch, g in grid.groupby('arch'):
-            b = g[g['method'] == base].set_index('seed')[list(HARM_SIGN)]
-            for config, c in g[g['method'] == f'SEM+{mix}'].groupby('config', sort=False):
-                d = (c.set_index('seed')[list(HARM_SIGN)] - b).dropna()
-                if len(d) < n_seeds: continue
-                mean, std = d.mean(), d.std()
-                harm = [k for k, sgn in HARM_SIGN.items() if sgn*mean[k] < -std[k]] + (['ece > 0.01'] if mean['ece'] > 0.01 else [])
-                rows.append(dict(mix=mix, config=config, arch=arch, seeds=len(d), gamma=configs[config]['gamma'],
-                                 score=mean['corruption_acc'] + 0.5*(mean['auroc_mnist'] + mean['auroc_mnist_energy']),
-                                 harm=', '.join(harm), **{f'd_{k}': mean[k] for k in HARM_SIGN}, **{f'sd_{k}': std[k] for k in HARM_SIGN}))
-    per_arch = pd.DataFrame(rows)
+    per_arch = deltas(grid)
+    per_arch = per_arch[per_arch['seeds'] >= n_seeds].reset_index(drop=True)
+    per_arch.insert(4, 'gamma', per_arch['config'].map(lambda c: configs[c]['gamma']))
+    per_arch.insert(6, 'harm', [', '.join([k for k, sgn in HARM_SIGN.items() if sgn*r[f'd_{k}'] < -r[f'sd_{k}']]
+                                          + (['ece > 0.01'] if r['d_ece'] > 0.01 else [])) for _, r in per_arch.iterrows()])
     table = per_arch.groupby(['mix', 'config']).agg(archs=('arch', 'nunique'), gamma=('gamma', 'first'), score=('score', 'mean'),
                                                    no_harm=('harm', lambda h: (h == '').all())).reset_index()
     chosen = {}
@@ -357,8 +361,9 @@ def main(argv=None):
     sel_fn, test_fn = out/f'defaults_selection{sfx}.csv', out/f'defaults_test{sfx}.csv'
     t0 = time.perf_counter()
     if args.grid or args.smoke: run_runs(grid_runs(args), valid_data(args), args, grid_fn, 'validation grid')
+    if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args)
     if (args.select or args.smoke) and args.round == 3:
-        per_arch, table, chosen = select_no_harm(read_all(grid_fn), ROUNDS[3]['configs'], n_archs=len(args.archs),
+        per_arch, table, chosen = select_no_harm(grid, ROUNDS[3]['configs'], n_archs=len(args.archs),
                                                  n_seeds=1 if args.smoke else 3)
         table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
         per_arch.to_csv(sel_fn, index=False)
@@ -366,7 +371,7 @@ def main(argv=None):
         print(table.to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
         for mix, (c, why) in chosen.items(): print(f"{mix}: default {c} ({why})")
     elif args.select or args.smoke:
-        table, chosen = select(read_all(grid_fn), n_archs=len(args.archs), configs=ROUNDS[args.round]['configs'])
+        table, chosen = select(grid, n_archs=len(args.archs), configs=ROUNDS[args.round]['configs'])
         table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
         table.to_csv(sel_fn, index=False)
         print(table.to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
