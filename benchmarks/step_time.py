@@ -271,7 +271,8 @@ def bench_config(model_name, bs, contenders, args, device, amp, budget=None):
     else:   # what is left of the budget, less about one round for the memory probe
         left = budget - (time.perf_counter() - t_start) - (0 if args.no_memory else t_round/k)
         n_rounds = int(min(args.max_rounds, max(args.min_rounds, left/max(t_round, 1e-9))))
-    for _ in progress_bar(range(n_rounds), leave=False): one_round(True)
+    rounds = range(n_rounds)
+    for _ in (progress_bar(rounds, leave=False) if sys.stdout.isatty() else rounds): one_round(True)   # no bar frames in a log
     phase_rows = []
     if args.phases:
         for c in contenders:
