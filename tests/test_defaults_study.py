@@ -1,0 +1,85 @@
+"""`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
+committed evidence, and (slow) every code path of round 3 on tiny sizes."""
+import subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import load_script
+from fastai_sem.step import DEFAULT_GAMMA, default_gamma
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'benchmarks' / 'defaults_study.py'
+FASHION = Path('/usr/share/datasets/fashion-mnist')
+BASE_METRICS = dict(clean_acc=0.90, corruption_acc=0.70, auroc_mnist=0.80, auroc_mnist_energy=0.85, ece=0.03)
+CONFIGS = {'small': dict(gamma=.03), 'large': dict(gamma=.1)}
+
+
+@pytest.fixture(scope='module')
+def study(): return load_script(SCRIPT)
+
+
+def made_up_grid(effects, archs=('cnn', 'resnet18'), noise=0.001):
+    """Validation rows of fastai MixUp and of SEM+mixup configurations that differ from it by `effects[config][metric]`
+    on every architecture, plus a seed wobble of −noise, 0, +noise (so the paired differences have std `noise`)"""
+    rows = []
+    for arch in archs:
+        for seed in (0, 1, 2):
+            key = dict(phase='valid2', arch=arch, seed=seed, epochs=5)
+            rows.append(dict(key, method='MixUp', config='base', **BASE_METRICS))
+            for config, effect in effects.items():
+                rows.append(dict(key, method='SEM+mixup', config=config,
+                                 **{k: v + effect.get(k, 0) + noise*(seed - 1) for k, v in BASE_METRICS.items()}))
+    return pd.DataFrame(rows)
+
+
+def test_no_harm_rule_prefers_a_small_gain_to_a_large_gain_that_costs_calibration(study):
+    grid = made_up_grid({'small': dict(corruption_acc=0.002), 'large': dict(corruption_acc=0.02, ece=0.02)})
+    per_arch, table, chosen = study.select_no_harm(grid, CONFIGS)
+    assert chosen['mixup'][0] == 'small'
+    assert (per_arch.loc[per_arch.config == 'large', 'harm'].str.contains('ece > 0.01')).all()
+    assert (per_arch.loc[per_arch.config == 'small', 'harm'] == '').all()
+
+
+def test_no_harm_rule_falls_back_to_the_largest_harmless_gamma(study):
+    # both a little worse on corruptions, but within the seed noise: no harm, no positive score
+    grid = made_up_grid({'small': dict(corruption_acc=-0.0005), 'large': dict(corruption_acc=-0.0005)})
+    assert study.select_no_harm(grid, CONFIGS)[2]['mixup'] == ('large', 'no positive score: the largest γ that does no harm')
+
+
+def test_no_harm_rule_gives_gamma_0_when_everything_does_harm(study):
+    # worse by more than the seed noise on clean accuracy (small) and on the energy AUROC (large)
+    grid = made_up_grid({'small': dict(clean_acc=-0.002, corruption_acc=0.01), 'large': dict(auroc_mnist_energy=-0.01)})
+    per_arch, _, chosen = study.select_no_harm(grid, CONFIGS)
+    assert chosen['mixup'][0] is None
+    assert set(per_arch.loc[per_arch.config == 'small', 'harm']) == {'clean_acc'}
+
+
+def test_no_harm_rule_needs_both_architectures(study):
+    grid = made_up_grid({'small': dict(corruption_acc=0.002)})
+    grid = pd.concat([grid, made_up_grid({'large': dict(corruption_acc=0.02)}, archs=('cnn',))])
+    assert study.select_no_harm(grid, CONFIGS)[2]['mixup'][0] == 'small'
+
+
+def test_library_defaults_are_what_the_committed_evidence_selects(study):
+    "`DEFAULT_GAMMA` must be round 3's choice on the committed validation grid (γ 0 where every configuration did harm)"
+    args = study.parse_args(['--select', '--round', '3'])
+    grid = study.own_grid(study.read_all(study.RESULTS / 'defaults_grid2.csv'), args)
+    _, _, chosen = study.select_no_harm(grid, study.ROUNDS[3]['configs'])
+    for mix in ('mixup', 'cutmix'):
+        config = chosen[mix][0]
+        assert DEFAULT_GAMMA[mix] == (0. if config is None else study.ROUNDS[3]['configs'][config]['gamma'])
+        assert default_gamma(mix) == DEFAULT_GAMMA[mix]
+
+
+@pytest.mark.slow
+def test_smoke_round_3(tmp_path):
+    "Grid, no-harm selection and test table of round 3 on tiny sizes, into a temporary folder"
+    pytest.importorskip('mlxtend')
+    if not any(FASHION.glob('train-images-idx3-ubyte*')): pytest.skip('needs Fashion-MNIST (apt-get install dataset-fashion-mnist)')
+    res = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--round', '3', '--threads', '1', '--out-dir', str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert {'defaults_grid2.csv', 'defaults_selection3.csv', 'defaults_test3.csv'} <= {f.name for f in tmp_path.iterdir()}
+    assert 'mixup: default' in res.stdout and 'cutmix: default' in res.stdout
