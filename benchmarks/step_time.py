@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Step time, peak memory and mixing-op cost of `SEMMixup` against fastai's `MixUp` and `CutMix`.
 
-    python benchmarks/step_time.py            # the default run (6 min 11 s measured on 2 idle CPU cores)
+    python benchmarks/step_time.py            # the default run (7 min 36 s measured on 2 idle CPU cores)
     python benchmarks/step_time.py --quick    # smoke run (seconds)
     python benchmarks/step_time.py --help
 
@@ -571,15 +571,14 @@ def main(argv=None):
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = 'step_time' + (f'_{args.tag}' if args.tag else '')
-    write_csv(args.out/f'{stem}.csv', rows)
-    if mix_rows: write_csv(args.out/f'{stem}_mixing.csv', mix_rows)
-    if phase_rows: write_csv(args.out/f'{stem}_phases.csv', phase_rows)
-    write_csv(args.out/f'{stem}_machine.csv', [dict(key=k, value=v) for k, v in info.items()])
+    written = [(args.out/f'{stem}{part}.csv', data) for part, data in (('', rows), ('_mixing', mix_rows), ('_phases', phase_rows),
+               ('_machine', [dict(key=k, value=v) for k, v in info.items()])) if data]
+    for path, data in written: write_csv(path, data)
     plot(rows, args.out/f'{stem}.png', f"{info.get('gpu', info['cpu'])}, {info['cpu_cores']} cores, {info['torch_threads']} torch thread(s), "
          f"{info['device']}{' + AMP' if amp else ''}, torch {info['torch']}, fastai {info['fastai']}\n"
          "bars: median step wall time (top), peak memory (bottom) / fastai MixUp's; whiskers: per-round 25–75 %" +
          ("; ◆: CPU-time ratio" if device.type == 'cpu' else ''), cpu_marks=device.type == 'cpu')
-    print('wrote', *(str(p) for p in sorted(args.out.glob(f'{stem}*'))))
+    print('wrote', *(str(p) for p, _ in written), args.out/f'{stem}.png')
     return rows, mix_rows, phase_rows
 
 if __name__ == '__main__': main()
