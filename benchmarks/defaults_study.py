@@ -9,6 +9,7 @@ architectures, on validation splits only; then the test-set table at the chosen 
     python benchmarks/defaults_study.py --smoke       # every code path on tiny sizes (< 2 min), into a temporary folder
     python benchmarks/defaults_study.py --grid --select --test --round 2   # round 2 (CONFIGS2)
     python benchmarks/defaults_study.py --grid --select --test --round 3   # round 3, the no-harm check: the defaults now
+    python benchmarks/defaults_study.py --grid --select --round 4          # round 4, the calibration check (no choice)
 
 Round 2 (`--round 2`, files `defaults_grid2*.csv`, `defaults_selection2.csv`, `defaults_test2*.csv`) ran after the
 clean pass stopped updating BatchNorm's running statistics, with the candidates of CONFIGS2, three seeds on the CNN
@@ -21,6 +22,11 @@ round 2's test table showed harm beyond seed noise with CutMix on the ResNet, wh
 while round 2's rule had judged harm on one ResNet seed. Round 3 runs three seeds on both architectures for γ 0.1
 and 0.03 (scale-free, pooled) and applies the no-harm rule of `select_no_harm`, fixed before it ran; its test table
 re-runs the SEM methods at the library's defaults as they are when the script runs (the defaults it chose).
+
+Round 4 (`--round 4`, files `defaults_deltas4.csv`; its runs extend round 2's grid files) chooses nothing: it tests
+round 2's explanation of SEM's calibration cost on the CNN with MixUp (three seeds) by penalising only the part of
+h(x̃) − target outside (`nullspace`) or inside (`rowspace`) the span of the classifier's weight rows, the directions
+the logits read (`ClassifierSubspaceMSE`). `--grid --select --round 4` runs it and prints the paired differences.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -119,8 +125,34 @@ ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_
 # the current default (γ 0.1) and a smaller γ, and applies the no-harm rule (`select_no_harm`), fixed before it ran.
           3: dict(configs=CONFIGS2, resnet=('global γ=0.1', 'global γ=0.03'), cnn_mixup=('global γ=0.1', 'global γ=0.03'),
                   cnn_cutmix=('global γ=0.1', 'global γ=0.03'), suffix='3', grid_suffix='2', sem=SEMMixup, default={})}
+
+
+class ClassifierSubspaceMSE:
+    """Round 4's distances: the mse of h(x̃) − target after keeping only its part inside (`'rowspace'`) or outside
+    (`'nullspace'`) the span of the final Linear layer's weight rows, the directions the logits read. `bind(model)`
+    finds that layer. Round 2's explanation of SEM's calibration cost is that the penalty makes the *logits* of a mix
+    mix linearly, which only agrees with the mixed-label loss when the logits are small; the null-space penalty
+    leaves the logits free and asks the rest of h to mix."""
+    def __init__(self, keep='nullspace'): self.keep = self.__name__ = keep
+    def bind(self, model): self.linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    def __call__(self, h_mixed, target):
+        d = h_mixed - target
+        basis, _ = torch.linalg.qr(self.linear.weight.detach().float().T)   # (n_features, n_classes), orthonormal
+        inside = (d @ basis) @ basis.T
+        return (d - inside if self.keep == 'nullspace' else inside).square().mean()
+
+CONFIGS4 = {
+    'nullspace γ=0.3': dict(standardize='global', distance='nullspace', gamma=.3),
+    'nullspace γ=1':   dict(standardize='global', distance='nullspace', gamma=1.),
+    'nullspace γ=3':   dict(standardize='global', distance='nullspace', gamma=3.),
+    'rowspace γ=0.3':  dict(standardize='global', distance='rowspace', gamma=.3),
+}
+# round 4 (`--round 4`) chooses nothing: a check of round 2's explanation, on the CNN with MixUp, 3 seeds, whose runs
+# extend round 2's grid files; `--select` prints and saves the paired differences (defaults_deltas4.csv)
+ROUNDS[4] = dict(configs={**CONFIGS2, **CONFIGS4}, resnet=(), cnn_mixup=tuple(CONFIGS4), cnn_cutmix=(), suffix='4',
+                 grid_suffix='2', sem=SEMMixup, default={})
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
-              3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}
+              3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -149,7 +181,9 @@ def make_cbs(method, config, rnd=ROUNDS[2]):
     if method == 'MixUp': return [MixUp(0.4)]
     if method == 'CutMix': return [CutMix(1.0)]
     mix = method.split('+')[1]
-    return [rnd['sem'](mix=mix, **(rnd['default'] if config == 'default' else rnd['configs'][config]))]
+    kw = dict(rnd['default'] if config == 'default' else rnd['configs'][config])
+    if kw.get('distance') in ('nullspace', 'rowspace'): kw['distance'] = ClassifierSubspaceMSE(kw['distance'])
+    return [rnd['sem'](mix=mix, **kw)]
 
 
 def make_learner(arch, dls, cbs):
@@ -169,6 +203,7 @@ def run_one(r, data, args):
     cbs = make_cbs(r['method'], r['config'], ROUNDS[args.round])
     learn = make_learner(arch, dls, cbs)
     sem = next((c for c in cbs if isinstance(c, SEMMixup)), None)
+    if hasattr(getattr(sem, 'distance', None), 'bind'): sem.distance.bind(learn.model)
     load = os.getloadavg()[0]
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, args.lr)
@@ -222,7 +257,7 @@ def grid_runs(args):
     for arch in args.archs:
         for mix, (base, _) in BASE.items():
             ep = ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1
-            for seed in (GRID_SEEDS[args.round][arch] if not args.smoke else (0,)):
+            for seed in (args.grid_seeds or GRID_SEEDS[args.round][arch] if not args.smoke else (0,)):
                 runs.append(dict(phase=phase, arch=arch, method=base, config='base', seed=seed, epochs=ep))
                 for c in (rnd['resnet'] if arch == 'resnet18' else rnd['cnn_cutmix'] if mix == 'cutmix' else rnd.get('cnn_mixup', rnd['configs'])):
                     runs.append(dict(phase=phase, arch=arch, method=f'SEM+{mix}', config=c, seed=seed, epochs=ep))
@@ -331,6 +366,7 @@ def parse_args(argv=None):
     p.add_argument('--test', action='store_true'); p.add_argument('--smoke', action='store_true')
     p.add_argument('--archs', nargs='+', default=list(ARCHS), choices=ARCHS)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--grid-seeds', type=int, nargs='+', default=None, help="the grid's seeds (default: the round's)")
     p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--n-test', type=int, default=0)
     p.add_argument('--corruptions', nargs='+', default=None)
@@ -340,7 +376,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -354,6 +390,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.test and args.round == 4: raise SystemExit('round 4 chooses no defaults, so it has no test table: run --grid --select')
     if args.threads: torch.set_num_threads(args.threads)
     out = args.out_dir; out.mkdir(parents=True, exist_ok=True)
     sfx = ROUNDS[args.round]['suffix']
@@ -361,8 +398,14 @@ def main(argv=None):
     sel_fn, test_fn = out/f'defaults_selection{sfx}.csv', out/f'defaults_test{sfx}.csv'
     t0 = time.perf_counter()
     if args.grid or args.smoke: run_runs(grid_runs(args), valid_data(args), args, grid_fn, 'validation grid')
-    if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args)
-    if (args.select or args.smoke) and args.round == 3:
+    # round 4 compares its runs with round 2's, so it reads the whole grid
+    if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args) if args.round != 4 else read_all(grid_fn)
+    if (args.select or args.smoke) and args.round == 4:
+        d = deltas(grid)
+        d = d[(d['mix'] == 'mixup') & (d['arch'] == 'cnn')]   # round 4's runs and the ones of rounds 2-3 beside them
+        d.to_csv(out/'defaults_deltas4.csv', index=False)
+        print(d.drop(columns='score').to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
+    elif (args.select or args.smoke) and args.round == 3:
         per_arch, table, chosen = select_no_harm(grid, ROUNDS[3]['configs'], n_archs=len(args.archs),
                                                  n_seeds=1 if args.smoke else 3)
         table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
@@ -376,7 +419,7 @@ def main(argv=None):
         table.to_csv(sel_fn, index=False)
         print(table.to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
         for mix, (c, why) in chosen.items(): print(f"{mix}: default {c} ({why})")
-    if args.test or args.smoke:
+    if (args.test or args.smoke) and args.round != 4:
         df = run_runs(test_runs(args), test_data(args), args, test_fn, 'test table')
         df = df[df['phase'] == 'test' + sfx]
         if args.round > 1:   # the methods that round 2 did not re-run, from round 1

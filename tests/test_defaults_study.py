@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, and (slow) every code path of round 3 on tiny sizes."""
 import subprocess, sys
 from pathlib import Path
 
@@ -71,6 +71,29 @@ def test_library_defaults_are_what_the_committed_evidence_selects(study):
         config = chosen[mix][0]
         assert DEFAULT_GAMMA[mix] == (0. if config is None else study.ROUNDS[3]['configs'][config]['gamma'])
         assert default_gamma(mix) == DEFAULT_GAMMA[mix]
+
+
+def test_classifier_subspace_distances_split_the_mse(study):
+    "Round 4's distances: the null-space and row-space parts add up to the mse, and a difference the logits cannot see is all null space"
+    import torch, torch.nn.functional as F
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    null, row = study.ClassifierSubspaceMSE('nullspace'), study.ClassifierSubspaceMSE('rowspace')
+    for d in (null, row): d.bind(model)
+    assert null.linear is model[2]
+    h_mixed, target = torch.randn(5, 8), torch.randn(5, 8)
+    assert torch.allclose(null(h_mixed, target) + row(h_mixed, target), F.mse_loss(h_mixed, target))
+    unseen = torch.randn(5, 8)
+    w = model[2].weight.detach()
+    unseen -= unseen @ torch.linalg.pinv(w) @ w   # remove what the logits read
+    assert torch.allclose(unseen @ w.T, torch.zeros(5, 3), atol=1e-5)
+    assert row(target + unseen, target) < 1e-10
+    assert torch.allclose(null(target + unseen, target), unseen.square().mean())
+
+
+def test_round_4_has_no_test_table(study, tmp_path):
+    with pytest.raises(SystemExit, match='no test table'): study.main(['--test', '--round', '4', '--out-dir', str(tmp_path)])
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
