@@ -91,9 +91,19 @@ def test_classifier_subspace_distances_split_the_mse(study):
     assert torch.allclose(null(target + unseen, target), unseen.square().mean())
 
 
-def test_round_4_has_no_test_table(study, tmp_path):
-    with pytest.raises(SystemExit, match='no test table'): study.main(['--test', '--round', '4', '--out-dir', str(tmp_path)])
+@pytest.mark.parametrize('rnd', ['4', '5'])
+def test_rounds_4_and_5_have_no_test_table(study, tmp_path, rnd):
+    with pytest.raises(SystemExit, match='no test table'): study.main(['--test', '--round', rnd, '--out-dir', str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_round_5_runs_cutmix_only_and_judges_round_3s_cutmix_runs_with_its_own(study):
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '5']))
+    assert {r['method'] for r in runs} == {'CutMix', 'SEM+cutmix'}
+    sem = {(r['arch'], r['config']) for r in runs if r['method'] == 'SEM+cutmix'}
+    round3 = {(a, c) for a in study.ARCHS for c in ('global γ=0.1', 'global γ=0.03')}
+    assert sem == round3 | {('cnn', 'spatial γ=0.1'), ('cnn', 'spatial γ=0.03')}
+    assert all(study.ROUNDS[5]['configs'][c]['spatial'] for _, c in sem if c.startswith('spatial'))
 
 
 @pytest.mark.slow
