@@ -11,6 +11,7 @@ architectures, on validation splits only; then the test-set table at the chosen 
     python benchmarks/defaults_study.py --grid --select --test --round 3   # round 3, the no-harm check: the defaults now
     python benchmarks/defaults_study.py --grid --select --round 4          # round 4, the calibration check (no choice)
     python benchmarks/defaults_study.py --grid --select --round 5          # round 5, spatial CutMix under round 3's rule
+    python benchmarks/defaults_study.py --test --round 6 --archs resnet18 --seeds 0 1 2 3 4 5   # round 6, SEM at γ 0
 
 Round 2 (`--round 2`, files `defaults_grid2*.csv`, `defaults_selection2.csv`, `defaults_test2*.csv`) ran after the
 clean pass stopped updating BatchNorm's running statistics, with the candidates of CONFIGS2, three seeds on the CNN
@@ -33,6 +34,11 @@ Round 5 (`--round 5`, file `defaults_selection5.csv`; its runs extend round 2's 
 target with CutMix at round 3's γ (0.1, 0.03), three seeds, judged with round 3's CutMix runs by round 3's rule. It ran
 on the CNN only: both settings did harm there, which rules them out. It has no test table of its own: had it changed
 CutMix's default, round 3's `--test` would have measured it.
+
+Round 6 (`--test --round 6`, file `defaults_test6.csv`) chooses nothing: on the ResNet's test set it runs
+`SEMMixup(mix='mixup', gamma=0)`, all of SEMMixup but the penalty, to tell what the penalty does to the OOD scores
+from what the rest of SEMMixup does. `--seeds 3 4 5` with `--round 1 --methods MixUp CutMix` and `--round 3` add
+seeds to the baselines and the defaults.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -167,9 +173,14 @@ CONFIGS5 = {'spatial γ=0.1':  dict(standardize='global', spatial=True, gamma=.1
 ROUNDS[5] = dict(configs={**CONFIGS2, **CONFIGS5}, resnet=('global γ=0.1', 'global γ=0.03'), cnn_mixup=(),
                  cnn_cutmix=('global γ=0.1', 'global γ=0.03', *CONFIGS5), mixes=('cutmix',),
                  suffix='5', grid_suffix='2', sem=SEMMixup, default={})
+# round 6 (`--test --round 6`): a test-set check that chooses nothing. On the ResNet, round 3's test table had SEM+MixUp
+# (γ 0.03) lower on both MNIST AUROCs for every seed, which round 3 read as noise from an A/A with CutMix. Round 6 runs
+# SEMMixup(mix='mixup', gamma=0): everything SEMMixup does (its mixer, the clean pass) except the penalty
+ROUNDS[6] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), test_methods=('SEM+mixup',), suffix='6',
+                 sem=SEMMixup, default=dict(gamma=0.))
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
-              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}
+              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 6: {'cnn': (), 'resnet18': ()}}
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -371,7 +382,7 @@ def select_no_harm(grid, configs, n_archs=2, n_seeds=3):
 
 def test_runs(args):
     "Round 1: every method; later rounds: the SEM methods at the round's defaults (the other methods have not changed)"
-    methods = ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix') if args.round == 1 else ('SEM+mixup', 'SEM+cutmix')
+    methods = ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix') if args.round == 1 else ROUNDS[args.round].get('test_methods', ('SEM+mixup', 'SEM+cutmix'))
     return [dict(phase='test' + ROUNDS[args.round]['suffix'], arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
                  epochs=ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1)
             for s in args.seeds for arch in args.archs for m in methods]
@@ -394,7 +405,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -408,6 +419,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.round == 6 and (args.grid or args.select or args.smoke or not args.test):
+        raise SystemExit('round 6 is a check on the test set with no grid: run --test --round 6')
     if args.test and args.round in (4, 5):
         raise SystemExit(f'round {args.round} has no test table of its own: run --grid --select' +
                          (", and if it changes the defaults, round 3's --test" if args.round == 5 else ''))

@@ -97,6 +97,14 @@ def test_rounds_4_and_5_have_no_test_table(study, tmp_path, rnd):
     assert not list(tmp_path.iterdir())
 
 
+def test_round_6_is_sem_at_gamma_0_on_the_test_set_only(study, tmp_path):
+    with pytest.raises(SystemExit, match='no grid'): study.main(['--grid', '--round', '6', '--out-dir', str(tmp_path)])
+    runs = study.test_runs(study.parse_args(['--test', '--round', '6', '--archs', 'resnet18']))
+    assert {(r['phase'], r['method'], r['config']) for r in runs} == {('test6', 'SEM+mixup', 'default')}
+    sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[6])
+    assert sem.gamma == 0 and sem.mixer.__class__.__name__ == 'MixupMixer'
+
+
 def test_round_5_runs_cutmix_only_and_judges_round_3s_cutmix_runs_with_its_own(study):
     runs = study.grid_runs(study.parse_args(['--grid', '--round', '5']))
     assert {r['method'] for r in runs} == {'CutMix', 'SEM+cutmix'}
