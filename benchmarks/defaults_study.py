@@ -37,8 +37,9 @@ CutMix's default, round 3's `--test` would have measured it.
 
 Round 6 (`--test --round 6`, file `defaults_test6.csv`) chooses nothing: on the ResNet's test set it runs
 `SEMMixup(mix='mixup', gamma=0)`, all of SEMMixup but the penalty, to tell what the penalty does to the OOD scores
-from what the rest of SEMMixup does. `--seeds 3 4 5` with `--round 1 --methods MixUp CutMix` and `--round 3` add
-seeds to the baselines and the defaults.
+from what the rest of SEMMixup does (seeds 0-5), and, against fastai's MixUp, how far two runs of the same training
+differ (seeds 0-11). `--seeds 3 4 5` with `--round 1 --methods MixUp CutMix` and `--round 3`, and `--seeds 6 ... 11`
+with `--round 1 --methods MixUp`, add seeds to the baselines and the defaults (`make defaults-study` has them all).
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -162,7 +163,7 @@ CONFIGS4 = {
 # round 4 (`--round 4`) chooses nothing: a check of round 2's explanation, on the CNN with MixUp, 3 seeds, whose runs
 # extend round 2's grid files; `--select` prints and saves the paired differences (defaults_deltas4.csv)
 ROUNDS[4] = dict(configs={**CONFIGS2, **CONFIGS4}, resnet=(), cnn_mixup=tuple(CONFIGS4), cnn_cutmix=(), suffix='4',
-                 grid_suffix='2', sem=SEMMixup, default={})
+                 grid_suffix='2', sem=SEMMixup, default={}, rule='deltas', test=False)
 # round 5 (`--round 5`): the spatial, mask-aware target with CutMix had been tried only in round 1, with the clean
 # pass that updated BatchNorm's statistics, at γ ≥ 0.3. Round 5 runs it at round 3's γ with three seeds on both
 # architectures and applies round 3's no-harm rule to it and round 3's CutMix configurations (validation only).
@@ -172,12 +173,13 @@ CONFIGS5 = {'spatial γ=0.1':  dict(standardize='global', spatial=True, gamma=.1
             'spatial γ=0.03': dict(standardize='global', spatial=True, gamma=.03)}
 ROUNDS[5] = dict(configs={**CONFIGS2, **CONFIGS5}, resnet=('global γ=0.1', 'global γ=0.03'), cnn_mixup=(),
                  cnn_cutmix=('global γ=0.1', 'global γ=0.03', *CONFIGS5), mixes=('cutmix',),
-                 suffix='5', grid_suffix='2', sem=SEMMixup, default={})
+                 suffix='5', grid_suffix='2', sem=SEMMixup, default={}, rule='no_harm', test=False)
 # round 6 (`--test --round 6`): a test-set check that chooses nothing. On the ResNet, round 3's test table had SEM+MixUp
 # (γ 0.03) lower on both MNIST AUROCs for every seed, which round 3 read as noise from an A/A with CutMix. Round 6 runs
 # SEMMixup(mix='mixup', gamma=0): everything SEMMixup does (its mixer, the clean pass) except the penalty
 ROUNDS[6] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), test_methods=('SEM+mixup',), suffix='6',
-                 sem=SEMMixup, default=dict(gamma=0.))
+                 sem=SEMMixup, default=dict(gamma=0.), grid=False)
+ROUNDS[3]['rule'] = 'no_harm'
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 6: {'cnn': (), 'resnet18': ()}}
@@ -419,27 +421,28 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.round == 6 and (args.grid or args.select or args.smoke or not args.test):
-        raise SystemExit('round 6 is a check on the test set with no grid: run --test --round 6')
-    if args.test and args.round in (4, 5):
-        raise SystemExit(f'round {args.round} has no test table of its own: run --grid --select' +
-                         (", and if it changes the defaults, round 3's --test" if args.round == 5 else ''))
+    rnd = ROUNDS[args.round]
+    if not rnd.get('grid', True) and (args.grid or args.select or args.smoke or not args.test):
+        raise SystemExit(f'round {args.round} is a check on the test set with no grid: run --test --round {args.round}')
+    if args.test and not rnd.get('test', True):
+        raise SystemExit(f'round {args.round} has no test table of its own: run --grid --select --round {args.round}')
     if args.threads: torch.set_num_threads(args.threads)
     out = args.out_dir; out.mkdir(parents=True, exist_ok=True)
-    sfx = ROUNDS[args.round]['suffix']
-    grid_fn = out/f"defaults_grid{ROUNDS[args.round].get('grid_suffix', sfx)}.csv"
+    sfx = rnd['suffix']
+    grid_fn = out/f"defaults_grid{rnd.get('grid_suffix', sfx)}.csv"
     sel_fn, test_fn = out/f'defaults_selection{sfx}.csv', out/f'defaults_test{sfx}.csv'
     t0 = time.perf_counter()
     if args.grid or args.smoke: run_runs(grid_runs(args), valid_data(args), args, grid_fn, 'validation grid')
-    # round 4 compares its runs with round 2's, so it reads the whole grid
-    if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args) if args.round != 4 else read_all(grid_fn)
-    if (args.select or args.smoke) and args.round == 4:
+    rule = rnd.get('rule', 'select')
+    # round 4 compares its runs with those of rounds 2 and 3, so it reads the whole grid
+    if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args) if rule != 'deltas' else read_all(grid_fn)
+    if (args.select or args.smoke) and rule == 'deltas':
         d = deltas(grid)
         d = d[(d['mix'] == 'mixup') & (d['arch'] == 'cnn')]   # round 4's runs and the ones of rounds 2-3 beside them
         d.to_csv(out/'defaults_deltas4.csv', index=False)
         print(d.drop(columns='score').to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
-    elif (args.select or args.smoke) and args.round in (3, 5):
-        per_arch, table, chosen = select_no_harm(grid, ROUNDS[args.round]['configs'], n_archs=len(args.archs),
+    elif (args.select or args.smoke) and rule == 'no_harm':
+        per_arch, table, chosen = select_no_harm(grid, rnd['configs'], n_archs=len(args.archs),
                                                  n_seeds=1 if args.smoke else 3)
         table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
         per_arch.to_csv(sel_fn, index=False)
@@ -452,7 +455,7 @@ def main(argv=None):
         table.to_csv(sel_fn, index=False)
         print(table.to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
         for mix, (c, why) in chosen.items(): print(f"{mix}: default {c} ({why})")
-    if (args.test or args.smoke) and args.round not in (4, 5):
+    if (args.test or args.smoke) and rnd.get('test', True):
         df = run_runs(test_runs(args), test_data(args), args, test_fn, 'test table')
         df = df[df['phase'] == 'test' + sfx]
         if args.round > 1:   # the methods that round 2 did not re-run, from round 1
