@@ -38,7 +38,7 @@ CutMix's default, round 3's `--test` would have measured it.
 Round 6 (`--test --round 6`, file `defaults_test6.csv`) chooses nothing: on the ResNet's test set it runs
 `SEMMixup(mix='mixup', gamma=0)`, all of SEMMixup but the penalty, to tell what the penalty does to the OOD scores
 from what the rest of SEMMixup does (seeds 0-5), and, against fastai's MixUp, how far two runs of the same training
-differ (seeds 0-11). `--seeds 3 4 5` with `--round 1 --methods MixUp CutMix` and `--round 3`, and `--seeds 6 ... 11`
+differ (seeds 0-23). `--seeds 3 4 5` with `--round 1 --methods MixUp CutMix` and `--round 3`, and `--seeds 6 ... 23`
 with `--round 1 --methods MixUp`, add seeds to the baselines and the defaults (`make defaults-study` has them all).
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
