@@ -182,7 +182,7 @@ ROUNDS[6] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), t
 ROUNDS[3]['rule'] = 'no_harm'
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
-              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 6: {'cnn': (), 'resnet18': ()}}
+              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
