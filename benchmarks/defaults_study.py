@@ -12,6 +12,7 @@ architectures, on validation splits only; then the test-set table at the chosen 
     python benchmarks/defaults_study.py --grid --select --round 4          # round 4, the calibration check (no choice)
     python benchmarks/defaults_study.py --grid --select --round 5          # round 5, spatial CutMix under round 3's rule
     python benchmarks/defaults_study.py --test --round 6 --archs resnet18 --seeds 0 1 2 3 4 5   # round 6, SEM at γ 0
+    python benchmarks/defaults_study.py --grid --select --round 7          # round 7, the CNN trained 4× as long
 
 Round 2 (`--round 2`, files `defaults_grid2*.csv`, `defaults_selection2.csv`, `defaults_test2*.csv`) ran after the
 clean pass stopped updating BatchNorm's running statistics, with the candidates of CONFIGS2, three seeds on the CNN
@@ -40,6 +41,10 @@ Round 6 (`--test --round 6`, file `defaults_test6.csv`) chooses nothing: on the 
 from what the rest of SEMMixup does (seeds 0-5), and, against fastai's MixUp, how far two runs of the same training
 differ (seeds 0-23). `--seeds 3 4 5` with `--round 1 --methods MixUp CutMix` and `--round 3`, and `--seeds 6 ... 23`
 with `--round 1 --methods MixUp`, add seeds to the baselines and the defaults (`make defaults-study` has them all).
+
+Round 7 (`--grid --select --round 7`, files `defaults_grid7*.csv`, `defaults_deltas7.csv`) chooses nothing: the CNN
+trained for 20 epochs instead of 5 on round 2's validation split, three seeds, to tell whether SEM's effect grows with
+training: MixUp at γ 0.03 and 0.3, CutMix at γ 0.1 pooled and spatial, each paired with fastai's mixer at 20 epochs.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -179,10 +184,17 @@ ROUNDS[5] = dict(configs={**CONFIGS2, **CONFIGS5}, resnet=('global γ=0.1', 'glo
 # SEMMixup(mix='mixup', gamma=0): everything SEMMixup does (its mixer, the clean pass) except the penalty
 ROUNDS[6] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), test_methods=('SEM+mixup',), suffix='6',
                  sem=SEMMixup, default=dict(gamma=0.), grid=False)
-ROUNDS[3]['rule'] = 'no_harm'
+# round 7 (`--grid --select --round 7`) chooses nothing: every earlier round trained the CNN for 5 epochs, and the paper
+# trains for hundreds; does SEM's effect grow with training? The CNN at 4× the epochs (20), on round 2's validation
+# split, three seeds, MixUp at the default γ 0.03 and at γ 0.3, and CutMix at γ 0.1 pooled and spatial (the settings
+# that did harm at 5 epochs); its paired differences sit beside the 5-epoch ones of rounds 2, 3 and 5 (same seeds)
+ROUNDS[7] = dict(configs={**CONFIGS2, **CONFIGS5}, archs=('cnn',), epochs={'cnn': 20}, resnet=(),
+                 cnn_mixup=('global γ=0.03', 'global γ=0.3'), cnn_cutmix=('global γ=0.1', 'spatial γ=0.1'),
+                 suffix='7', sem=SEMMixup, default={}, rule='deltas', test=False)
+ROUNDS[3]['rule'], ROUNDS[4]['mixes'] = 'no_harm', ('mixup',)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
-              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}   # round 6 has no grid
+              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -226,7 +238,7 @@ def run_one(r, data, args):
     "Train and evaluate one run; return its row"
     arch, seed = r['arch'], r['seed']
     bs = ARCH_SETTINGS[arch]['bs'] if not args.smoke else 128
-    epochs = ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1
+    epochs = r['epochs']
     set_seed(seed, reproducible=True)
     dls = data.dls(bs, seed)
     set_seed(seed, reproducible=True)
@@ -284,10 +296,10 @@ def grid_runs(args):
     rnd = ROUNDS[args.round]
     phase = 'valid' + rnd.get('grid_suffix', rnd['suffix'])
     runs = []
-    for arch in args.archs:
+    for arch in [a for a in args.archs if a in rnd.get('archs', ARCHS)]:
         for mix, (base, _) in BASE.items():
             if mix not in rnd.get('mixes', BASE): continue
-            ep = ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1
+            ep = rnd.get('epochs', {}).get(arch, ARCH_SETTINGS[arch]['epochs']) if not args.smoke else 1
             for seed in (args.grid_seeds or GRID_SEEDS[args.round][arch] if not args.smoke else (0,)):
                 runs.append(dict(phase=phase, arch=arch, method=base, config='base', seed=seed, epochs=ep))
                 for c in (rnd['resnet'] if arch == 'resnet18' else rnd['cnn_cutmix'] if mix == 'cutmix' else rnd.get('cnn_mixup', rnd['configs'])):
@@ -407,7 +419,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -437,9 +449,10 @@ def main(argv=None):
     # round 4 compares its runs with those of rounds 2 and 3, so it reads the whole grid
     if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args) if rule != 'deltas' else read_all(grid_fn)
     if (args.select or args.smoke) and rule == 'deltas':
+        # the round's mixers on the CNN: round 4's runs and the ones of rounds 2-3 beside them; round 7's own
         d = deltas(grid)
-        d = d[(d['mix'] == 'mixup') & (d['arch'] == 'cnn')]   # round 4's runs and the ones of rounds 2-3 beside them
-        d.to_csv(out/'defaults_deltas4.csv', index=False)
+        d = d[d['mix'].isin(rnd.get('mixes', BASE)) & (d['arch'] == 'cnn')]
+        d.to_csv(out/f'defaults_deltas{sfx}.csv', index=False)
         print(d.drop(columns='score').to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
     elif (args.select or args.smoke) and rule == 'no_harm':
         per_arch, table, chosen = select_no_harm(grid, rnd['configs'], n_archs=len(args.archs),

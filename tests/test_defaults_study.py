@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5 and 6 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5, 6 and 7 run, and (slow) every code path of round 3 on tiny sizes."""
 import subprocess, sys
 from pathlib import Path
 
@@ -91,8 +91,8 @@ def test_classifier_subspace_distances_split_the_mse(study):
     assert torch.allclose(null(target + unseen, target), unseen.square().mean())
 
 
-@pytest.mark.parametrize('rnd', ['4', '5'])
-def test_rounds_4_and_5_have_no_test_table(study, tmp_path, rnd):
+@pytest.mark.parametrize('rnd', ['4', '5', '7'])
+def test_rounds_4_5_and_7_have_no_test_table(study, tmp_path, rnd):
     with pytest.raises(SystemExit, match='no test table'): study.main(['--test', '--round', rnd, '--out-dir', str(tmp_path)])
     assert not list(tmp_path.iterdir())
 
@@ -112,6 +112,34 @@ def test_round_5_runs_cutmix_only_and_judges_round_3s_cutmix_runs_with_its_own(s
     round3 = {(a, c) for a in study.ARCHS for c in ('global γ=0.1', 'global γ=0.03')}
     assert sem == round3 | {('cnn', 'spatial γ=0.1'), ('cnn', 'spatial γ=0.03')}
     assert all(study.ROUNDS[5]['configs'][c]['spatial'] for _, c in sem if c.startswith('spatial'))
+
+
+def test_round_7_trains_the_cnn_4x_as_long_and_the_other_rounds_as_before(study):
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '7']))
+    assert {(r['arch'], r['epochs'], r['phase']) for r in runs} == {('cnn', 20, 'valid7')}
+    assert {(r['method'], r['config']) for r in runs if r['seed'] == 0} == {
+        ('MixUp', 'base'), ('SEM+mixup', 'global γ=0.03'), ('SEM+mixup', 'global γ=0.3'),
+        ('CutMix', 'base'), ('SEM+cutmix', 'global γ=0.1'), ('SEM+cutmix', 'spatial γ=0.1')}
+    for rnd in ('2', '3', '5'):
+        assert {(r['arch'], r['epochs']) for r in study.grid_runs(study.parse_args(['--grid', '--round', rnd]))} == {('cnn', 5), ('resnet18', 4)}
+
+
+def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
+    "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
+    fitted = []
+    class FakeLearner:
+        class recorder: metric_names, values = ['epoch', 'train_loss', 'valid_loss', 'time'], [[0., 0.]]
+        model = None
+        def no_bar(self): return __import__('contextlib').nullcontext()
+        no_logging = no_bar
+        def fit_one_cycle(self, epochs, lr): fitted.append(epochs)
+    monkeypatch.setattr(study, 'make_learner', lambda arch, dls, cbs: FakeLearner())
+    monkeypatch.setattr(study.R, 'evaluate', lambda learn, data: dict(clean_acc=0.9))
+    data = type('Data', (), dict(dls=lambda self, bs, seed: None, x_train=range(3)))()
+    args = study.parse_args(['--grid', '--round', '7'])
+    run = study.grid_runs(args)[0]
+    row = study.run_one(run, data, args)
+    assert fitted == [20] and row['epochs'] == 20
 
 
 @pytest.mark.slow
