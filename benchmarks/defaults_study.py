@@ -13,6 +13,7 @@ architectures, on validation splits only; then the test-set table at the chosen 
     python benchmarks/defaults_study.py --grid --select --round 5          # round 5, spatial CutMix under round 3's rule
     python benchmarks/defaults_study.py --test --round 6 --archs resnet18 --seeds 0 1 2 3 4 5   # round 6, SEM at γ 0
     python benchmarks/defaults_study.py --grid --select --round 7          # round 7, the CNN trained 4× as long
+    python benchmarks/defaults_study.py --test --round 8                   # round 8, its test table at the defaults
 
 Round 2 (`--round 2`, files `defaults_grid2*.csv`, `defaults_selection2.csv`, `defaults_test2*.csv`) ran after the
 clean pass stopped updating BatchNorm's running statistics, with the candidates of CONFIGS2, three seeds on the CNN
@@ -44,7 +45,11 @@ with `--round 1 --methods MixUp`, add seeds to the baselines and the defaults (`
 
 Round 7 (`--grid --select --round 7`, files `defaults_grid7*.csv`, `defaults_deltas7.csv`) chooses nothing: the CNN
 trained for 20 epochs instead of 5 on round 2's validation split, three seeds, to tell whether SEM's effect grows with
-training: MixUp at γ 0.03 and 0.3, CutMix at γ 0.1 pooled and spatial, each paired with fastai's mixer at 20 epochs.
+training: MixUp at γ 0.03 and 0.3 (then, added after those, γ 0.1 and the cosine distance at γ 1), CutMix at γ 0.1
+pooled and spatial, each paired with fastai's mixer at 20 epochs.
+
+Round 8 (`--test --round 8`, file `defaults_test8*.csv`) chooses nothing: the CNN's test table at 20 epochs, fastai's
+MixUp(0.4) against `SEMMixup(mix='mixup')` at the library's defaults, seeds 0, 1, 2.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -187,10 +192,18 @@ ROUNDS[6] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), t
 # round 7 (`--grid --select --round 7`) chooses nothing: every earlier round trained the CNN for 5 epochs, and the paper
 # trains for hundreds; does SEM's effect grow with training? The CNN at 4× the epochs (20), on round 2's validation
 # split, three seeds, MixUp at the default γ 0.03 and at γ 0.3, and CutMix at γ 0.1 pooled and spatial (the settings
-# that did harm at 5 epochs); its paired differences sit beside the 5-epoch ones of rounds 2, 3 and 5 (same seeds)
+# that did harm at 5 epochs); its paired differences sit beside the 5-epoch ones of rounds 2, 3 and 5 (same seeds).
+# MixUp at γ 0.1 and the cosine distance at γ 1 were added after the first MixUp runs had shown γ 0.3 gaining
+# robustness at 20 epochs and still costing calibration
 ROUNDS[7] = dict(configs={**CONFIGS2, **CONFIGS5}, archs=('cnn',), epochs={'cnn': 20}, resnet=(),
-                 cnn_mixup=('global γ=0.03', 'global γ=0.3'), cnn_cutmix=('global γ=0.1', 'spatial γ=0.1'),
+                 cnn_mixup=('global γ=0.03', 'global γ=0.3', 'global γ=0.1', 'cosine γ=1'),
+                 cnn_cutmix=('global γ=0.1', 'spatial γ=0.1'),
                  suffix='7', sem=SEMMixup, default={}, rule='deltas', test=False)
+# round 8 (`--test --round 8`) chooses nothing: round 7 found SEM's effects with MixUp larger at 20 epochs, so the
+# CNN's test table at 4× the epochs, fastai's MixUp against SEMMixup(mix='mixup') at the library's defaults
+# (CutMix's default is γ 0, the plain CutMix), three seeds
+ROUNDS[8] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), archs=('cnn',), epochs={'cnn': 20},
+                 test_methods=('MixUp', 'SEM+mixup'), suffix='8', sem=SEMMixup, default={}, grid=False)
 ROUNDS[3]['rule'], ROUNDS[4]['mixes'] = 'no_harm', ('mixup',)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
@@ -292,6 +305,11 @@ def run_runs(runs, make_data, args, fn, title):
     return read_all(fn)
 
 
+def round_epochs(rnd, arch, args):
+    "The epochs of `arch`'s runs in round `rnd`: the architecture's usual number unless the round sets its own (1 in --smoke)"
+    return 1 if args.smoke else rnd.get('epochs', {}).get(arch, ARCH_SETTINGS[arch]['epochs'])
+
+
 def grid_runs(args):
     rnd = ROUNDS[args.round]
     phase = 'valid' + rnd.get('grid_suffix', rnd['suffix'])
@@ -299,7 +317,7 @@ def grid_runs(args):
     for arch in [a for a in args.archs if a in rnd.get('archs', ARCHS)]:
         for mix, (base, _) in BASE.items():
             if mix not in rnd.get('mixes', BASE): continue
-            ep = rnd.get('epochs', {}).get(arch, ARCH_SETTINGS[arch]['epochs']) if not args.smoke else 1
+            ep = round_epochs(rnd, arch, args)
             for seed in (args.grid_seeds or GRID_SEEDS[args.round][arch] if not args.smoke else (0,)):
                 runs.append(dict(phase=phase, arch=arch, method=base, config='base', seed=seed, epochs=ep))
                 for c in (rnd['resnet'] if arch == 'resnet18' else rnd['cnn_cutmix'] if mix == 'cutmix' else rnd.get('cnn_mixup', rnd['configs'])):
@@ -396,10 +414,11 @@ def select_no_harm(grid, configs, n_archs=2, n_seeds=3):
 
 def test_runs(args):
     "Round 1: every method; later rounds: the SEM methods at the round's defaults (the other methods have not changed)"
-    methods = ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix') if args.round == 1 else ROUNDS[args.round].get('test_methods', ('SEM+mixup', 'SEM+cutmix'))
-    return [dict(phase='test' + ROUNDS[args.round]['suffix'], arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
-                 epochs=ARCH_SETTINGS[arch]['epochs'] if not args.smoke else 1)
-            for s in args.seeds for arch in args.archs for m in methods]
+    rnd = ROUNDS[args.round]
+    methods = ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix') if args.round == 1 else rnd.get('test_methods', ('SEM+mixup', 'SEM+cutmix'))
+    return [dict(phase='test' + rnd['suffix'], arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
+                 epochs=round_epochs(rnd, arch, args))
+            for s in args.seeds for arch in args.archs if arch in rnd.get('archs', ARCHS) for m in methods]
 
 
 def parse_args(argv=None):
@@ -419,7 +438,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -471,9 +490,10 @@ def main(argv=None):
     if (args.test or args.smoke) and rnd.get('test', True):
         df = run_runs(test_runs(args), test_data(args), args, test_fn, 'test table')
         df = df[df['phase'] == 'test' + sfx]
-        if args.round > 1:   # the methods that round 2 did not re-run, from round 1
+        if args.round > 1:   # the baselines that the round did not re-run, from round 1, if trained as long
             first = read_all(out/'defaults_test.csv')
-            if len(first): df = pd.concat([first[(first['phase'] == 'test') & ~first['method'].str.startswith('SEM')], df])
+            if len(first): df = pd.concat([first[(first['phase'] == 'test') & ~first['method'].str.startswith('SEM')
+                                                 & ~first['method'].isin(df['method']) & first['epochs'].isin(df['epochs'])], df])
         for arch, g in df.groupby('arch'): print(f'\n{arch}\n' + R.summary(g).to_string())
     print(f"done in {time.perf_counter() - t0:.0f} s; CSVs in {out}")
 

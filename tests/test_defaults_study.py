@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5, 6 and 7 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-8 run, and (slow) every code path of round 3 on tiny sizes."""
 import subprocess, sys
 from pathlib import Path
 
@@ -119,9 +119,19 @@ def test_round_7_trains_the_cnn_4x_as_long_and_the_other_rounds_as_before(study)
     assert {(r['arch'], r['epochs'], r['phase']) for r in runs} == {('cnn', 20, 'valid7')}
     assert {(r['method'], r['config']) for r in runs if r['seed'] == 0} == {
         ('MixUp', 'base'), ('SEM+mixup', 'global γ=0.03'), ('SEM+mixup', 'global γ=0.3'),
+        ('SEM+mixup', 'global γ=0.1'), ('SEM+mixup', 'cosine γ=1'),
         ('CutMix', 'base'), ('SEM+cutmix', 'global γ=0.1'), ('SEM+cutmix', 'spatial γ=0.1')}
     for rnd in ('2', '3', '5'):
         assert {(r['arch'], r['epochs']) for r in study.grid_runs(study.parse_args(['--grid', '--round', rnd]))} == {('cnn', 5), ('resnet18', 4)}
+
+
+def test_round_8_is_the_cnns_test_table_at_20_epochs_with_its_own_mixup_runs(study, tmp_path):
+    with pytest.raises(SystemExit, match='no grid'): study.main(['--grid', '--round', '8', '--out-dir', str(tmp_path)])
+    runs = study.test_runs(study.parse_args(['--test', '--round', '8']))
+    assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config']) for r in runs} == {
+        ('test8', 'cnn', 20, 'MixUp', 'base'), ('test8', 'cnn', 20, 'SEM+mixup', 'default')}
+    sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[8])
+    assert sem.gamma == default_gamma('mixup')
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
