@@ -14,6 +14,7 @@ architectures, on validation splits only; then the test-set table at the chosen 
     python benchmarks/defaults_study.py --test --round 6 --archs resnet18 --seeds 0 1 2 3 4 5   # round 6, SEM at γ 0
     python benchmarks/defaults_study.py --grid --select --round 7          # round 7, the CNN trained 4× as long
     python benchmarks/defaults_study.py --test --round 8                   # round 8, its test table at the defaults
+    python benchmarks/defaults_study.py --test --round 9                   # round 9, round 8's SEM at γ 0
 
 Round 2 (`--round 2`, files `defaults_grid2*.csv`, `defaults_selection2.csv`, `defaults_test2*.csv`) ran after the
 clean pass stopped updating BatchNorm's running statistics, with the candidates of CONFIGS2, three seeds on the CNN
@@ -49,7 +50,8 @@ training: MixUp at γ 0.03 and 0.3 (then, added after those, γ 0.1 and the cosi
 pooled and spatial, each paired with fastai's mixer at 20 epochs.
 
 Round 8 (`--test --round 8`, file `defaults_test8*.csv`) chooses nothing: the CNN's test table at 20 epochs, fastai's
-MixUp(0.4) against `SEMMixup(mix='mixup')` at the library's defaults, seeds 0, 1, 2.
+MixUp(0.4) against `SEMMixup(mix='mixup')` at the library's defaults, seeds 0, 1, 2. Round 9 (`--test --round 9`,
+file `defaults_test9*.csv`) runs round 8's SEM at γ 0, everything but the penalty, on the same seeds.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -204,6 +206,9 @@ ROUNDS[7] = dict(configs={**CONFIGS2, **CONFIGS5}, archs=('cnn',), epochs={'cnn'
 # (CutMix's default is γ 0, the plain CutMix), three seeds
 ROUNDS[8] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), archs=('cnn',), epochs={'cnn': 20},
                  test_methods=('MixUp', 'SEM+mixup'), suffix='8', sem=SEMMixup, default={}, grid=False)
+# round 9 (`--test --round 9`) chooses nothing: round 8's SEM runs at γ 0, to tell what the penalty does at 20 epochs
+# from what two runs of the same training differ by (as round 6 did for the ResNet)
+ROUNDS[9] = dict(ROUNDS[8], test_methods=('SEM+mixup',), suffix='9', default=dict(gamma=0.))
 ROUNDS[3]['rule'], ROUNDS[4]['mixes'] = 'no_harm', ('mixup',)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
@@ -438,7 +443,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0 (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:

@@ -125,13 +125,17 @@ def test_round_7_trains_the_cnn_4x_as_long_and_the_other_rounds_as_before(study)
         assert {(r['arch'], r['epochs']) for r in study.grid_runs(study.parse_args(['--grid', '--round', rnd]))} == {('cnn', 5), ('resnet18', 4)}
 
 
-def test_round_8_is_the_cnns_test_table_at_20_epochs_with_its_own_mixup_runs(study, tmp_path):
+def test_rounds_8_and_9_are_the_cnns_test_table_at_20_epochs_with_their_own_runs(study, tmp_path):
     with pytest.raises(SystemExit, match='no grid'): study.main(['--grid', '--round', '8', '--out-dir', str(tmp_path)])
     runs = study.test_runs(study.parse_args(['--test', '--round', '8']))
     assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config']) for r in runs} == {
         ('test8', 'cnn', 20, 'MixUp', 'base'), ('test8', 'cnn', 20, 'SEM+mixup', 'default')}
     sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[8])
     assert sem.gamma == default_gamma('mixup')
+    runs9 = study.test_runs(study.parse_args(['--test', '--round', '9']))
+    assert {(r['phase'], r['arch'], r['epochs'], r['method']) for r in runs9} == {('test9', 'cnn', 20, 'SEM+mixup')}
+    sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[9])
+    assert sem.gamma == 0
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
