@@ -418,7 +418,7 @@ def select_no_harm(grid, configs, n_archs=2, n_seeds=3):
 
 
 def test_runs(args):
-    "Round 1: every method; later rounds: the SEM methods at the round's defaults (the other methods have not changed)"
+    "Round 1: every method; later rounds: their `test_methods`, by default the SEM methods at the round's defaults"
     rnd = ROUNDS[args.round]
     methods = ('ERM', 'MixUp', 'CutMix', 'SEM+mixup', 'SEM+cutmix') if args.round == 1 else rnd.get('test_methods', ('SEM+mixup', 'SEM+cutmix'))
     return [dict(phase='test' + rnd['suffix'], arch=arch, method=m, config='default' if m.startswith('SEM') else 'base', seed=s,
