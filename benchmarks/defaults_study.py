@@ -149,7 +149,8 @@ ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_
 # extends round 2's grid (same phase and files: its runs are the same runs) to three seeds on both architectures for
 # the current default (γ 0.1) and a smaller γ, and applies the no-harm rule (`select_no_harm`), fixed before it ran.
           3: dict(configs=CONFIGS2, resnet=('global γ=0.1', 'global γ=0.03'), cnn_mixup=('global γ=0.1', 'global γ=0.03'),
-                  cnn_cutmix=('global γ=0.1', 'global γ=0.03'), suffix='3', grid_suffix='2', sem=SEMMixup, default={})}
+                  cnn_cutmix=('global γ=0.1', 'global γ=0.03'), suffix='3', grid_suffix='2', sem=SEMMixup, default={},
+                  rule='no_harm')}
 
 
 class ClassifierSubspaceMSE:
@@ -175,7 +176,7 @@ CONFIGS4 = {
 # round 4 (`--round 4`) chooses nothing: a check of round 2's explanation, on the CNN with MixUp, 3 seeds, whose runs
 # extend round 2's grid files; `--select` prints and saves the paired differences (defaults_deltas4.csv)
 ROUNDS[4] = dict(configs={**CONFIGS2, **CONFIGS4}, resnet=(), cnn_mixup=tuple(CONFIGS4), cnn_cutmix=(), suffix='4',
-                 grid_suffix='2', sem=SEMMixup, default={}, rule='deltas', test=False)
+                 grid_suffix='2', sem=SEMMixup, default={}, rule='deltas', test=False, archs=('cnn',), mixes=('mixup',))
 # round 5 (`--round 5`): the spatial, mask-aware target with CutMix had been tried only in round 1, with the clean
 # pass that updated BatchNorm's statistics, at γ ≥ 0.3. Round 5 runs it at round 3's γ with three seeds on both
 # architectures and applies round 3's no-harm rule to it and round 3's CutMix configurations (validation only).
@@ -209,7 +210,6 @@ ROUNDS[8] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), a
 # round 9 (`--test --round 9`) chooses nothing: round 8's SEM runs at γ 0, to tell what the penalty does at 20 epochs
 # from what two runs of the same training differ by (as round 6 did for the ResNet)
 ROUNDS[9] = dict(ROUNDS[8], test_methods=('SEM+mixup',), suffix='9', default=dict(gamma=0.))
-ROUNDS[3]['rule'], ROUNDS[4]['mixes'] = 'no_harm', ('mixup',)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)}}   # round 6 has no grid
@@ -473,9 +473,9 @@ def main(argv=None):
     # round 4 compares its runs with those of rounds 2 and 3, so it reads the whole grid
     if args.select or args.smoke: grid = own_grid(read_all(grid_fn), args) if rule != 'deltas' else read_all(grid_fn)
     if (args.select or args.smoke) and rule == 'deltas':
-        # the round's mixers on the CNN: round 4's runs and the ones of rounds 2-3 beside them; round 7's own
+        # the round's mixers and architectures: round 4's runs and the ones of rounds 2-3 beside them; round 7's own
         d = deltas(grid)
-        d = d[d['mix'].isin(rnd.get('mixes', BASE)) & (d['arch'] == 'cnn')]
+        d = d[d['mix'].isin(rnd.get('mixes', BASE)) & d['arch'].isin(rnd.get('archs', ARCHS))]
         d.to_csv(out/f'defaults_deltas{sfx}.csv', index=False)
         print(d.drop(columns='score').to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
     elif (args.select or args.smoke) and rule == 'no_harm':
