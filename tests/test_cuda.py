@@ -1,0 +1,124 @@
+"""SEM on a CUDA device: fastai's `MixedPrecision` (float16 with a `GradScaler`), `torch.autocast('cuda')` in the step
+API, and the same numbers as on the CPU in float32.
+
+These tests need a CUDA device and are skipped without one (CI has none): run them on a GPU machine with
+`pytest tests/test_cuda.py`.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from fastai.basics import Callback, CrossEntropyLossFlat, Learner, set_seed
+from fastai.callback.fp16 import MixedPrecision
+
+from fastai_sem.all import SEM, SEMMixup, CutMixMixer, MixupMixer
+from conftest import n_hooks, params_finite, quiet, synth_dls, tiny_cnn
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+OPTIONS = {'mixup': {}, 'mixup-shared_batch': dict(shared_batch=True), 'cutmix': dict(mix='cutmix'),
+           'cutmix-spatial': dict(mix='cutmix', spatial=True), 'mixup-feature-raw': dict(standardize=None)}
+
+
+class DtypeSpy(Callback):
+    "After the training forward pass (order 56: after SEMMixup set it up): dtypes of h(x̃), h(x), the predictions"
+    order = 56
+    def after_pred(self):
+        if not self.training: return
+        sem = self.learn.sem_mixup
+        self.h_mixed, self.pred_dtype = sem.capture.features.dtype, self.pred.dtype
+        self.h_clean = sem.h_clean.dtype if sem.h_clean is not None else self.h_mixed
+        self.autocast_on = torch.is_autocast_enabled('cuda')
+        self.on_cuda = sem.capture.features.is_cuda
+
+
+@pytest.mark.parametrize('options', OPTIONS.values(), ids=OPTIONS.keys())
+def test_mixed_precision_fp16(options):
+    "fastai's MixedPrecision on CUDA (float16 + GradScaler): both passes in float16, a float32 penalty, nothing left behind"
+    spy = DtypeSpy()
+    dls = synth_dls(n=32, size=16).to('cuda')
+    set_seed(0)
+    learn = quiet(Learner(dls, tiny_cnn(head=True), loss_func=CrossEntropyLossFlat(),
+                          cbs=[SEMMixup(**options), MixedPrecision(), spy]))
+    learn.fit(2, 1e-3)
+    assert spy.on_cuda and spy.autocast_on
+    assert spy.h_mixed == spy.h_clean == torch.float16   # the clean pass ran under the same autocast
+    assert spy.pred_dtype == torch.float32               # fastai's to_float of the predictions
+    sem = learn.sem_mixup
+    assert sem.sem_loss.dtype == torch.float32 and torch.isfinite(sem.sem_loss) and sem.sem_loss > 0
+    assert not torch.is_autocast_enabled('cuda')         # MixedPrecision left autocast in after_loss
+    assert all(p.is_cuda for p in learn.model.parameters())
+    assert params_finite(learn.model) and n_hooks(learn.model) == 0
+    assert all(torch.isfinite(torch.tensor(v)) for v in learn.recorder.values[-1])
+
+
+class FixedPerm:
+    "A mixer's `__call__` with a fixed partner index: `torch.randperm` draws from a different generator on each device"
+    def __call__(self, x): return self.mix(x, torch.arange(len(x), device=x.device).roll(1))
+
+class FixedMixup(FixedPerm, MixupMixer): pass
+class FixedCutMix(FixedPerm, CutMixMixer): pass
+
+MIXERS = {'mixup': FixedMixup, 'cutmix': FixedCutMix}
+
+
+def one_step(model, x, y, device, **options):
+    "The SEM losses and the gradients of one float32 step of `model` on `device` (λ and the box from the CPU generator)"
+    model = model.to(device)
+    sem = SEM(model, **options)
+    torch.manual_seed(0)   # λ and the CutMix box are drawn on the CPU for both devices
+    with sem.step(x.to(device), y.to(device)) as step:
+        out = step.loss(model(step.x), F.cross_entropy)
+    out.total.backward()
+    assert n_hooks(model) == 0
+    return [t.detach().cpu() for t in (out.total, out.label_loss, out.penalty)], [p.grad.cpu() for p in model.parameters()]
+
+
+@pytest.mark.parametrize('spatial', [False, True], ids=['pooled', 'spatial'])
+@pytest.mark.parametrize('mix', ['mixup', 'cutmix'])
+def test_float32_matches_cpu(mix, spatial):
+    "In float32 (TF32 off) the loss, label loss, penalty and gradients on CUDA are the CPU's"
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('highest')   # no TF32 in matrix products
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False): check_float32_matches_cpu(mix, spatial)
+    finally: torch.set_float32_matmul_precision(precision)
+
+
+def check_float32_matches_cpu(mix, spatial):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
+    options = dict(mix=MIXERS[mix](), spatial=spatial)
+    cpu_losses, cpu_grads = one_step(copy.deepcopy(model), x, y, 'cpu', **options)
+    cuda_losses, cuda_grads = one_step(copy.deepcopy(model), x, y, 'cuda', **options)
+    assert cpu_losses[2] > 0
+    torch.testing.assert_close(cuda_losses, cpu_losses, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cuda_grads, cpu_grads, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+def test_step_api_autocast(dtype):
+    "The step API in a plain loop under torch.autocast('cuda') (and a GradScaler for float16): it trains, nothing left behind"
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).cuda()
+    w0 = [p.detach().clone() for p in model.parameters()]
+    sem, opt = SEM(model, mix='cutmix', spatial=True), torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(8, 3, 32, 32, generator=g).cuda(), torch.randint(0, 3, (8,), generator=g).cuda()
+        with torch.autocast('cuda', dtype=dtype):
+            with sem.step(x, y) as step:
+                pred = model(step.x)
+                assert pred.dtype == step.capture.features.dtype == step.h_clean.dtype == dtype
+                out = step.loss(pred, F.cross_entropy)
+        assert out.penalty.dtype == torch.float32 and torch.isfinite(out.penalty) and out.penalty > 0
+        scaler.scale(out.total).backward(); scaler.step(opt); scaler.update(); opt.zero_grad()
+        assert n_hooks(model) == 0
+    assert params_finite(model)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))   # it trained
