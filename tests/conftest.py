@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.basics import CrossEntropyLossFlat, Datasets, ItemGetter, Learner, noop, set_seed
+from fastai.basics import CrossEntropyLossFlat, Datasets, ItemGetter, Learner, default_device, noop, set_seed
 from fastai.callback.progress import ProgressCallback
 from fastai.vision.all import create_head
 
@@ -20,6 +20,11 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=Futur
 # spinning when the machine is busy (measured: 2.2 s vs 0.05 s for one exit-path test). Override with
 # FASTAI_SEM_TEST_THREADS=n.
 torch.set_num_threads(int(os.environ.get('FASTAI_SEM_TEST_THREADS', '1')))
+
+# The suite runs on the CPU on every machine: its tests compare with references computed on the CPU (weights cloned
+# before a fit, a plain loop beside a Learner, load_learner's CPU model). fastai would otherwise put every Learner on a
+# GPU where there is one. tests/test_cuda.py moves its data and models to the GPU itself.
+default_device(False)
 
 
 def synth_dls(n=16, bs=8, n_classes=3, size=8, channels=1, multi_label=False, drop_last=None, n_valid=None,

@@ -11,13 +11,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from fastai.basics import Callback, CrossEntropyLossFlat, Learner, set_seed
+from fastai.basics import Callback, CrossEntropyLossFlat, Learner, defaults, set_seed
 from fastai.callback.fp16 import MixedPrecision
 
 from fastai_sem.all import SEM, SEMMixup, CutMixMixer, MixupMixer
 from conftest import n_hooks, params_finite, quiet, synth_dls, tiny_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+
+@pytest.fixture(autouse=True)
+def fastai_on_cuda(monkeypatch):
+    "conftest pins fastai to the CPU (`defaults.use_cuda = False`, under which fastai moves every batch to the CPU): undo it here"
+    monkeypatch.setattr(defaults, 'use_cuda', None)
 
 OPTIONS = {'mixup': {}, 'mixup-shared_batch': dict(shared_batch=True), 'cutmix': dict(mix='cutmix'),
            'cutmix-spatial': dict(mix='cutmix', spatial=True), 'mixup-feature-raw': dict(standardize=None)}
@@ -83,8 +89,8 @@ def test_float32_matches_cpu(mix, spatial):
     "In float32 (TF32 off) the loss, label loss, penalty and gradients on CUDA are the CPU's"
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision('highest')   # no TF32 in matrix products
-    try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False): check_float32_matches_cpu(mix, spatial)
+    try:   # nor in convolutions: PyTorch's own CUDA convolutions instead of cuDNN's, which may use TF32
+        with torch.backends.cudnn.flags(enabled=False): check_float32_matches_cpu(mix, spatial)
     finally: torch.set_float32_matmul_precision(precision)
 
 
@@ -97,8 +103,11 @@ def check_float32_matches_cpu(mix, spatial):
     cpu_losses, cpu_grads = one_step(copy.deepcopy(model), x, y, 'cpu', **options)
     cuda_losses, cuda_grads = one_step(copy.deepcopy(model), x, y, 'cuda', **options)
     assert cpu_losses[2] > 0
-    torch.testing.assert_close(cuda_losses, cpu_losses, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(cuda_grads, cpu_grads, rtol=1e-3, atol=1e-5)
+    for name, a, b in zip(('loss', 'label loss', 'penalty'), cuda_losses, cpu_losses):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m: f'{name}: {m}')
+    # per parameter, relative to the gradient's size: elementwise, a few of conv1's 9408 near-zero entries differ by
+    # 2e-5 (summation order), which is float32 rounding and not a different computation
+    for a, b in zip(cuda_grads, cpu_grads): assert (a - b).norm() <= 1e-3*b.norm() + 1e-7
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
