@@ -66,8 +66,9 @@ def standardization(h_clean:Tensor, # clean representations, (bs, n) or feature 
                    ) -> tuple:
     "(shift, scale), detached: (h − shift)·scale standardises h by the clean batch's mean and spread; a global scale is 0-d"
     with torch.no_grad():
-        total, n = _sum_by_feature(h_clean), h_clean.new_tensor(h_clean.numel() / h_clean.shape[1])
-        if sync: total, n = _sum_over_processes(total, n)
+        total, n = _sum_by_feature(h_clean), h_clean.numel() / h_clean.shape[1]   # n: values per feature
+        # the count as a tensor only for the all-reduce: copying a number to the GPU would wait for all queued work
+        if sync: total, n = _sum_over_processes(total, torch.full((), n, dtype=total.dtype, device=total.device))
         mean = total / n
         centred = h_clean - mean   # two passes: E[h²]−E[h]² loses float32 digits
         # per feature, or (global) the sum over all of them: one fast full reduction

@@ -1,5 +1,5 @@
 """SEM on a CUDA device: fastai's `MixedPrecision` (float16 with a `GradScaler`), `torch.autocast('cuda')` in the step
-API, and the same numbers as on the CPU in float32.
+API, the same numbers as on the CPU in float32, and a penalty that never makes the CPU wait for the GPU.
 
 These tests need a CUDA device and are skipped without one (CI has none): run them on a GPU machine with
 `pytest tests/test_cuda.py`.
@@ -14,7 +14,7 @@ import torchvision
 from fastai.basics import Callback, CrossEntropyLossFlat, Learner, defaults, set_seed
 from fastai.callback.fp16 import MixedPrecision
 
-from fastai_sem.all import SEM, SEMMixup, CutMixMixer, MixupMixer
+from fastai_sem.all import SEM, SEMMixup, CutMixMixer, MixupMixer, sem_penalty
 from conftest import n_hooks, params_finite, quiet, synth_dls, tiny_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
@@ -131,3 +131,20 @@ def test_step_api_autocast(dtype):
         assert n_hooks(model) == 0
     assert params_finite(model)
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))   # it trained
+
+
+@pytest.mark.parametrize('standardize', ['global', 'feature', None])
+@pytest.mark.parametrize('spatial', [False, True], ids=['pooled', 'spatial'])
+def test_penalty_never_waits_for_the_gpu(spatial, standardize):
+    "The penalty issues nothing that makes the CPU wait for the GPU (a read-back, a blocking copy to the device)"
+    g = torch.Generator().manual_seed(0)
+    shape = (8, 16, 4, 4) if spatial else (8, 16)
+    h_mixed, h_clean = torch.randn(*shape, generator=g).cuda(), torch.randn(*shape, generator=g).cuda()
+    lam, perm = torch.rand(8, generator=g).cuda(), torch.randperm(8, generator=g).cuda()
+    mask = torch.ones(1, 1, 16, 16, device='cuda')
+    mask[..., 2:9, 5:12] = 0
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try: penalty = sem_penalty(h_mixed, h_clean, lam, perm, mask=mask if spatial else None, standardize=standardize)
+    finally: torch.cuda.set_sync_debug_mode('default')
+    assert torch.isfinite(penalty) and penalty > 0
