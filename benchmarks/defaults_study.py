@@ -52,6 +52,9 @@ pooled and spatial, each paired with fastai's mixer at 20 epochs.
 Round 8 (`--test --round 8`, file `defaults_test8*.csv`) chooses nothing: the CNN's test table at 20 epochs, fastai's
 MixUp(0.4) against `SEMMixup(mix='mixup')` at the library's defaults, seeds 0, 1, 2. Round 9 (`--test --round 9`,
 file `defaults_test9*.csv`) runs round 8's SEM at γ 0, everything but the penalty, on the same seeds.
+Rounds 10 and 11 (`--test --round 10`, `--test --round 11`, files `defaults_test10*.csv`, `defaults_test11*.csv`) are
+rounds 8 and 9 again, same seeds, and also record the mean and sd of the energy score (logsumexp of the logits) and
+the mean top softmax probability on the test images and on MNIST: they check round 8's reading of its energy AUROC.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -210,6 +213,11 @@ ROUNDS[8] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), a
 # round 9 (`--test --round 9`) chooses nothing: round 8's SEM runs at γ 0, to tell what the penalty does at 20 epochs
 # from what two runs of the same training differ by (as round 6 did for the ResNet)
 ROUNDS[9] = dict(ROUNDS[8], test_methods=('SEM+mixup',), suffix='9', default=dict(gamma=0.))
+# rounds 10 and 11 (`--test --round 10`, `--test --round 11`) choose nothing: rounds 8 and 9 again (same seeds, so the
+# same runs if training is deterministic), recording the size of the energy score on Fashion-MNIST's test images and on
+# MNIST (`logit_stats`), to check round 8's reading of its drop in energy AUROC (the penalty shrinks the logits)
+ROUNDS[10] = dict(ROUNDS[8], suffix='10', logit_stats=True)
+ROUNDS[11] = dict(ROUNDS[9], suffix='11', logit_stats=True)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)}}   # round 6 has no grid
@@ -252,6 +260,17 @@ def make_learner(arch, dls, cbs):
                           loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs)
 
 
+def logit_stats(learn, data) -> dict:
+    "Mean and sd of the energy score (logsumexp of the logits) and mean top softmax probability, on the test images and MNIST"
+    res = {}
+    for name, x in (('test', data.x_test), ('mnist', data.ood())):
+        logits = R.logits_of(learn.model, learn.dls, x)
+        energy = torch.logsumexp(logits, 1)
+        res.update({f'energy_mean_{name}': float(energy.mean()), f'energy_sd_{name}': float(energy.std()),
+                    f'maxprob_mean_{name}': float(F.softmax(logits, 1).max(1).values.mean())})
+    return res
+
+
 def run_one(r, data, args):
     "Train and evaluate one run; return its row"
     arch, seed = r['arch'], r['seed']
@@ -273,6 +292,7 @@ def run_one(r, data, args):
     metrics = R.evaluate(learn, data)
     metrics.pop('_per_corruption', None); metrics.pop('clean_acc_2k', None)
     for k in [k for k in metrics if k.startswith('sev') and k != 'sev5_acc']: metrics.pop(k)
+    if ROUNDS[args.round].get('logit_stats') and not data.is_valid: metrics.update(logit_stats(learn, data))
     settings = {} if sem is None else dict(gamma=sem.gamma, standardize=str(sem.standardize), spatial=sem.spatial,
                                            distance=getattr(sem.distance, '__name__', str(sem.distance)).replace('_distance', ''))
     return dict(**r, **settings, n_train=len(data.x_train), **metrics, label_loss=rec.get('label_loss', np.nan),
@@ -443,7 +463,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0 (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:

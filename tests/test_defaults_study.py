@@ -1,10 +1,12 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-9 run, and (slow) every code path of round 3 on tiny sizes."""
-import subprocess, sys
+committed evidence, round 4's distances, what rounds 5-11 run, and (slow) every code path of round 3 on tiny sizes."""
+import math, statistics, subprocess, sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import load_script
 from fastai_sem.step import DEFAULT_GAMMA, default_gamma
@@ -136,6 +138,25 @@ def test_rounds_8_and_9_are_the_cnns_test_table_at_20_epochs_with_their_own_runs
     assert {(r['phase'], r['arch'], r['epochs'], r['method']) for r in runs9} == {('test9', 'cnn', 20, 'SEM+mixup')}
     sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[9])
     assert sem.gamma == 0
+
+
+def test_rounds_10_and_11_repeat_rounds_8_and_9_and_record_the_size_of_the_energy_score(study, monkeypatch):
+    for rnd, repeated in ((10, 8), (11, 9)):
+        runs, before = (study.test_runs(study.parse_args(['--test', '--round', str(r)])) for r in (rnd, repeated))
+        assert [dict(r, phase=None) for r in runs] == [dict(r, phase=None) for r in before]   # the same runs
+        assert {r['phase'] for r in runs} == {f'test{rnd}'}                                   # into their own files
+        (sem,), (sem_before,) = (study.make_cbs('SEM+mixup', 'default', study.ROUNDS[r]) for r in (rnd, repeated))
+        assert sem.gamma == sem_before.gamma
+        assert study.ROUNDS[rnd].get('logit_stats') and not study.ROUNDS[repeated].get('logit_stats')
+    logits = {'test': torch.tensor([[2., 0.], [0., 0.], [3., 1.]]), 'mnist': torch.tensor([[1., 1.], [0., -1.]])}
+    monkeypatch.setattr(study.R, 'logits_of', lambda model, dls, x: logits[x])
+    stats = study.logit_stats(SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test='test', ood=lambda: 'mnist'))
+    for name, l in logits.items():
+        energy = [math.log(sum(math.exp(v) for v in row)) for row in l.tolist()]
+        top = [max(math.exp(v) for v in row)/sum(math.exp(v) for v in row) for row in l.tolist()]
+        assert stats[f'energy_mean_{name}'] == pytest.approx(sum(energy)/len(energy))
+        assert stats[f'energy_sd_{name}'] == pytest.approx(statistics.stdev(energy))
+        assert stats[f'maxprob_mean_{name}'] == pytest.approx(sum(top)/len(top))
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
