@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-11 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-13 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -157,6 +157,16 @@ def test_rounds_10_and_11_repeat_rounds_8_and_9_and_record_the_size_of_the_energ
         assert stats[f'energy_mean_{name}'] == pytest.approx(sum(energy)/len(energy))
         assert stats[f'energy_sd_{name}'] == pytest.approx(statistics.stdev(energy))
         assert stats[f'maxprob_mean_{name}'] == pytest.approx(sum(top)/len(top))
+
+
+def test_rounds_12_and_13_split_round_10s_penalty_into_its_two_parts(study):
+    runs10 = study.test_runs(study.parse_args(['--test', '--round', '10']))
+    for rnd, keep in ((12, 'nullspace'), (13, 'rowspace')):
+        runs = study.test_runs(study.parse_args(['--test', '--round', str(rnd)]))
+        assert [dict(r, phase=None) for r in runs] == [dict(r, phase=None) for r in runs10 if r['method'] == 'SEM+mixup']
+        (sem,), (sem10,) = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[rnd]), study.make_cbs('SEM+mixup', 'default', study.ROUNDS[10])
+        assert sem.distance.keep == keep and sem.gamma == sem10.gamma and sem.standardize == sem10.standardize
+        assert study.ROUNDS[rnd]['logit_stats']
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
