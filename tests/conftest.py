@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.basics import CrossEntropyLossFlat, Datasets, ItemGetter, Learner, default_device, noop, set_seed
+from fastai.basics import Callback, CrossEntropyLossFlat, Datasets, ItemGetter, Learner, default_device, noop, set_seed
 from fastai.callback.progress import ProgressCallback
 from fastai.vision.all import create_head
 
@@ -66,6 +66,19 @@ def synth_learner(cbs=None, head=False, loss_func=None, model=None, seed=0, path
     learn = Learner(dls, model if model is not None else tiny_cnn(head, n_in=dls.one_batch()[0].shape[1]),
                     loss_func=loss_func or CrossEntropyLossFlat(), cbs=cbs, path=path or '.')
     return quiet(learn)
+
+
+class DtypeSpy(Callback):
+    "After the training forward pass (order 56: after SEMMixup set it up): dtypes of h(x̃), h(x) and the predictions"
+    order = 56
+    def __init__(self, device_type='cpu'): self.device_type = device_type
+    def after_pred(self):
+        if not self.training: return
+        sem = self.learn.sem_mixup
+        self.h_mixed, self.pred_dtype = sem.capture.features.dtype, self.pred.dtype
+        self.h_clean = sem.h_clean.dtype if sem.h_clean is not None else self.h_mixed
+        self.autocast_on = torch.is_autocast_enabled(self.device_type)
+        self.device = sem.capture.features.device.type
 
 
 def n_hooks(model):

@@ -24,7 +24,7 @@ from fastai.vision.models import resnet18
 from torch.amp import autocast
 
 from fastai_sem.all import SEMMixup
-from conftest import n_hooks, params_finite, quiet, synth_dls, synth_learner
+from conftest import DtypeSpy, n_hooks, params_finite, quiet, synth_dls, synth_learner
 
 
 class CPUBF16MixedPrecision(MixedPrecision):
@@ -34,20 +34,9 @@ class CPUBF16MixedPrecision(MixedPrecision):
         self.autocast = autocast('cpu', dtype=torch.bfloat16)
 
 
-class DtypeSpy(Callback):
-    "After the forward pass (order 56: after SEMMixup set it up), record the dtypes of h(x̃), h(x) and the predictions"
-    order = 56
-    def after_pred(self):
-        if not self.training: return
-        sem = self.learn.sem_mixup
-        self.h_mixed, self.pred_dtype = sem.capture.features.dtype, self.pred.dtype
-        self.h_clean = sem.h_clean.dtype if sem.h_clean is not None else self.h_mixed
-        self.autocast_on = torch.is_autocast_enabled('cpu')
-
-
 @pytest.mark.parametrize('shared_batch', [False, True], ids=['extra_pass', 'shared_batch'])
 def test_bf16_autocast_cpu(shared_batch):
-    spy = DtypeSpy()
+    spy = DtypeSpy('cpu')
     learn = synth_learner(cbs=[SEMMixup(shared_batch=shared_batch), CPUBF16MixedPrecision(amp_mode='bf16'), spy], head=True)
     learn.fit(1, 1e-3)
     assert spy.autocast_on

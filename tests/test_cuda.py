@@ -15,7 +15,7 @@ from fastai.basics import Callback, CrossEntropyLossFlat, Learner, defaults, set
 from fastai.callback.fp16 import MixedPrecision
 
 from fastai_sem.all import SEM, SEMMixup, CutMixMixer, MixupMixer, sem_penalty
-from conftest import n_hooks, params_finite, quiet, synth_dls, tiny_cnn
+from conftest import DtypeSpy, n_hooks, params_finite, quiet, synth_dls, tiny_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
@@ -29,28 +29,16 @@ OPTIONS = {'mixup': {}, 'mixup-shared_batch': dict(shared_batch=True), 'cutmix':
            'cutmix-spatial': dict(mix='cutmix', spatial=True), 'mixup-feature-raw': dict(standardize=None)}
 
 
-class DtypeSpy(Callback):
-    "After the training forward pass (order 56: after SEMMixup set it up): dtypes of h(x̃), h(x), the predictions"
-    order = 56
-    def after_pred(self):
-        if not self.training: return
-        sem = self.learn.sem_mixup
-        self.h_mixed, self.pred_dtype = sem.capture.features.dtype, self.pred.dtype
-        self.h_clean = sem.h_clean.dtype if sem.h_clean is not None else self.h_mixed
-        self.autocast_on = torch.is_autocast_enabled('cuda')
-        self.on_cuda = sem.capture.features.is_cuda
-
-
 @pytest.mark.parametrize('options', OPTIONS.values(), ids=OPTIONS.keys())
 def test_mixed_precision_fp16(options):
     "fastai's MixedPrecision on CUDA (float16 + GradScaler): both passes in float16, a float32 penalty, nothing left behind"
-    spy = DtypeSpy()
+    spy = DtypeSpy('cuda')
     dls = synth_dls(n=32, size=16).to('cuda')
     set_seed(0)
     learn = quiet(Learner(dls, tiny_cnn(head=True), loss_func=CrossEntropyLossFlat(),
                           cbs=[SEMMixup(**options), MixedPrecision(), spy]))
     learn.fit(2, 1e-3)
-    assert spy.on_cuda and spy.autocast_on
+    assert spy.device == 'cuda' and spy.autocast_on
     assert spy.h_mixed == spy.h_clean == torch.float16   # the clean pass ran under the same autocast
     assert spy.pred_dtype == torch.float32               # fastai's to_float of the predictions
     sem = learn.sem_mixup
