@@ -227,9 +227,22 @@ ROUNDS[11] = dict(ROUNDS[9], suffix='11', logit_stats=True)
 # logit-space part causes the energy drop, the null-space penalty should not have it
 ROUNDS[12] = dict(ROUNDS[10], test_methods=('SEM+mixup',), suffix='12', default=dict(distance='nullspace', gamma=.03))
 ROUNDS[13] = dict(ROUNDS[10], test_methods=('SEM+mixup',), suffix='13', default=dict(distance='rowspace', gamma=.03))
+# rounds 14 and 15 choose nothing yet: rounds 12 and 13 (test split) found the null-space part of the penalty keeping the
+# whole corruption gain without the energy loss. Round 14 (`--grid --select --round 14`, validation, extends round 2's
+# grid files) puts it at γ 0.03 and 0.1 through round 3's no-harm rule beside round 3's MixUp configurations, on both
+# architectures with three seeds; round 15 (`--grid --select --round 15`, extends round 7's files) runs it on round 7's
+# 20-epoch CNN. What they show is evidence for a later choice, which would need its own test table
+CONFIGS14 = {'nullspace γ=0.03': dict(standardize='global', distance='nullspace', gamma=.03),
+             'nullspace γ=0.1':  dict(standardize='global', distance='nullspace', gamma=.1)}
+ROUNDS[14] = dict(configs={**CONFIGS2, **CONFIGS14}, resnet=('global γ=0.1', 'global γ=0.03', *CONFIGS14),
+                  cnn_mixup=('global γ=0.1', 'global γ=0.03', *CONFIGS14), cnn_cutmix=(), mixes=('mixup',),
+                  suffix='14', grid_suffix='2', sem=SEMMixup, default={}, rule='no_harm', test=False)
+ROUNDS[15] = dict(ROUNDS[7], configs={**CONFIGS2, **CONFIGS5, **CONFIGS14}, cnn_mixup=('global γ=0.03', 'global γ=0.1', *CONFIGS14),
+                  cnn_cutmix=(), mixes=('mixup',), suffix='15', grid_suffix='7')
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
-              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)}}   # round 6 has no grid
+              5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
+              14: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 15: {'cnn': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -472,7 +485,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
