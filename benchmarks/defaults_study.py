@@ -57,6 +57,10 @@ rounds 8 and 9 again, same seeds, and also record the mean and sd of the energy 
 the mean top softmax probability on the test images and on MNIST: they check round 8's reading of its energy AUROC.
 Rounds 12 and 13 (`--test --round 12`, `--test --round 13`) run round 10's SEM with only the part of the default
 penalty outside (`nullspace`) or inside (`rowspace`) the span of the classifier's weight rows, at γ 0.03.
+Rounds 14 and 15 (`--grid --select --round 14`, `--grid --select --round 15`; files `defaults_selection14.csv`,
+`defaults_deltas15.csv`; their runs extend the grid files of rounds 2 and 7) put the null-space penalty at γ 0.03 and
+0.1 on validation: round 14 through round 3's no-harm rule beside round 3's MixUp configurations (both architectures,
+three seeds), round 15 on round 7's 20-epoch CNN. They choose nothing: a new default would need its own test table.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch

@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-13 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-15 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -167,6 +167,19 @@ def test_rounds_12_and_13_split_round_10s_penalty_into_its_two_parts(study):
         (sem,), (sem10,) = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[rnd]), study.make_cbs('SEM+mixup', 'default', study.ROUNDS[10])
         assert sem.distance.keep == keep and sem.gamma == sem10.gamma and sem.standardize == sem10.standardize
         assert study.ROUNDS[rnd]['logit_stats']
+
+
+def test_rounds_14_and_15_put_the_null_space_penalty_on_validation_with_mixup_only(study, tmp_path):
+    for rnd, archs, epochs in ((14, {'cnn', 'resnet18'}, {'cnn': 5, 'resnet18': 4}), (15, {'cnn'}, {'cnn': 20})):
+        with pytest.raises(SystemExit, match='no test table'): study.main(['--test', '--round', str(rnd), '--out-dir', str(tmp_path)])
+        runs = study.grid_runs(study.parse_args(['--grid', '--round', str(rnd)]))
+        assert {r['arch'] for r in runs} == archs and {r['method'] for r in runs} == {'MixUp', 'SEM+mixup'}
+        assert all(r['epochs'] == epochs[r['arch']] for r in runs)
+        assert {'nullspace γ=0.03', 'nullspace γ=0.1'} <= {r['config'] for r in runs}
+        sem, = study.make_cbs('SEM+mixup', 'nullspace γ=0.1', study.ROUNDS[rnd])
+        assert sem.distance.keep == 'nullspace' and sem.gamma == .1 and sem.standardize == 'global'
+    # round 3's selection does not see round 14's runs, which share its files
+    assert 'nullspace γ=0.03' not in {r['config'] for r in study.grid_runs(study.parse_args(['--grid', '--round', '3']))}
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
