@@ -185,7 +185,8 @@ CONFIGS4 = {
 # round 4 (`--round 4`) chooses nothing: a check of round 2's explanation, on the CNN with MixUp, 3 seeds, whose runs
 # extend round 2's grid files; `--select` prints and saves the paired differences (defaults_deltas4.csv)
 ROUNDS[4] = dict(configs={**CONFIGS2, **CONFIGS4}, resnet=(), cnn_mixup=tuple(CONFIGS4), cnn_cutmix=(), suffix='4',
-                 grid_suffix='2', sem=SEMMixup, default={}, rule='deltas', test=False, archs=('cnn',), mixes=('mixup',))
+                 grid_suffix='2', sem=SEMMixup, default={}, rule='deltas', test=False, archs=('cnn',), mixes=('mixup',),
+                 deltas_of=(*CONFIGS2, *CONFIGS4))   # not round 14's runs, which share the files
 # round 5 (`--round 5`): the spatial, mask-aware target with CutMix had been tried only in round 1, with the clean
 # pass that updated BatchNorm's statistics, at γ ≥ 0.3. Round 5 runs it at round 3's γ with three seeds on both
 # architectures and applies round 3's no-harm rule to it and round 3's CutMix configurations (validation only).
@@ -211,6 +212,7 @@ ROUNDS[7] = dict(configs={**CONFIGS2, **CONFIGS5}, archs=('cnn',), epochs={'cnn'
                  cnn_mixup=('global γ=0.03', 'global γ=0.3', 'global γ=0.1', 'cosine γ=1'),
                  cnn_cutmix=('global γ=0.1', 'spatial γ=0.1'),
                  suffix='7', sem=SEMMixup, default={}, rule='deltas', test=False)
+ROUNDS[7]['deltas_of'] = ROUNDS[7]['cnn_mixup'] + ROUNDS[7]['cnn_cutmix']
 # round 8 (`--test --round 8`) chooses nothing: round 7 found SEM's effects with MixUp larger at 20 epochs, so the
 # CNN's test table at 4× the epochs, fastai's MixUp against SEMMixup(mix='mixup') at the library's defaults
 # (CutMix's default is γ 0, the plain CutMix), three seeds
@@ -243,6 +245,7 @@ ROUNDS[14] = dict(configs={**CONFIGS2, **CONFIGS14}, resnet=('global γ=0.1', 'g
                   suffix='14', grid_suffix='2', sem=SEMMixup, default={}, rule='no_harm', test=False)
 ROUNDS[15] = dict(ROUNDS[7], configs={**CONFIGS2, **CONFIGS5, **CONFIGS14}, cnn_mixup=('global γ=0.03', 'global γ=0.1', *CONFIGS14),
                   cnn_cutmix=(), mixes=('mixup',), suffix='15', grid_suffix='7')
+ROUNDS[15]['deltas_of'] = ROUNDS[15]['cnn_mixup']
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
@@ -522,6 +525,7 @@ def main(argv=None):
         # the round's mixers and architectures: round 4's runs and the ones of rounds 2-3 beside them; round 7's own
         d = deltas(grid)
         d = d[d['mix'].isin(rnd.get('mixes', BASE)) & d['arch'].isin(rnd.get('archs', ARCHS))]
+        if 'deltas_of' in rnd: d = d[d['config'].isin(rnd['deltas_of'])]   # not the runs of later rounds sharing the files
         d.to_csv(out/f'defaults_deltas{sfx}.csv', index=False)
         print(d.drop(columns='score').to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
     elif (args.select or args.smoke) and rule == 'no_harm':
