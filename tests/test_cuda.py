@@ -25,6 +25,7 @@ def fastai_on_cuda(monkeypatch):
     "conftest pins fastai to the CPU (`defaults.use_cuda = False`, under which fastai moves every batch to the CPU): undo it here"
     monkeypatch.setattr(defaults, 'use_cuda', None)
 
+
 OPTIONS = {'mixup': {}, 'mixup-shared_batch': dict(shared_batch=True), 'cutmix': dict(mix='cutmix'),
            'cutmix-spatial': dict(mix='cutmix', spatial=True), 'mixup-feature-raw': dict(standardize=None)}
 
