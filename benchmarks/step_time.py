@@ -70,6 +70,8 @@ from fastprogress.fastprogress import progress_bar
 import fastai_sem
 from fastai_sem.callback import SEMMixup
 from fastai_sem.mixers import MixupMixer, CutMixMixer
+from fastai_sem.features import penalty_site, forward_features
+from fastai_sem.penalty import sem_penalty
 
 RESULTS = Path(__file__).resolve().parent/'results'
 MODELS = ('cnn@28', 'resnet18@32', 'resnet18@64')
@@ -363,6 +365,60 @@ def bench_mixing(shapes, args, device):
     return rows
 
 # ---------------------------------------------------------------------------------------------------------
+# the penalty alone
+
+PENALTY_MODES = ('raw', 'scale-free', 'spatial')
+
+def bench_penalty(configs, args, device, amp):
+    """The penalty alone, forward and backward, per mode, on the features of each configuration's model (under AMP in
+    float16, as a training step makes them). The gradient is added to an existing one, as in a step, where it meets the
+    label loss's. A mode's cost beyond the raw penalty is what it adds to a step: too small for whole steps to resolve."""
+    rows = []
+    for m, bs in configs:
+        torch.manual_seed(args.seed)
+        model, shape = make_model(m); model.to(device).train()
+        x = torch.randn(bs, *shape, device=device)
+        for mix, mixer in (('mixup', MixupMixer()), ('cutmix', CutMixMixer())):
+            mixed = mixer(x)
+            ops = {}
+            for mode in PENALTY_MODES:
+                kw = MODES[mode]
+                site = penalty_site(model, None, kw['spatial'])
+                with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+                    h_clean = forward_features(model, site, x, keep_buffers=True)
+                    h_mixed = forward_features(model, site, mixed.x, keep_buffers=True).requires_grad_()
+                h_mixed.grad = torch.zeros_like(h_mixed)
+                ops[mode] = (lambda h_mixed=h_mixed, h_clean=h_clean, std=kw['standardize']:
+                             sem_penalty(h_mixed, h_clean, mixed.lam, mixed.perm, 'mse', mixed.mask, std).backward())
+            times = {k: [] for k in ops}
+            rng = random.Random(args.seed)
+            for r in range(args.pen_rounds + 2):
+                order = list(ops); rng.shuffle(order)
+                for name in order:
+                    _sync(device); t0 = time.perf_counter()
+                    for _ in range(args.pen_inner): ops[name]()
+                    _sync(device)
+                    if r >= 2: times[name].append((time.perf_counter() - t0)/args.pen_inner)
+            raw = np.median(times['raw'])
+            for name, ts in times.items():
+                q25, med, q75 = _quantiles(ts)
+                # the spread of the difference: per round, paired by round
+                extra = np.asarray(ts) - np.asarray(times['raw'])
+                rows.append(dict(model=m, bs=bs, mixer=mix, mode=name, median_us=med*1e6, q25_us=q25*1e6, q75_us=q75*1e6,
+                                 over_raw_us=(med - raw)*1e6, over_raw_q25_us=np.quantile(extra, 0.25)*1e6,
+                                 over_raw_q75_us=np.quantile(extra, 0.75)*1e6, calls=len(ts)*args.pen_inner,
+                                 device=device.type + ('+amp' if amp else '')))
+    return rows
+
+def penalty_in_steps(pen_rows, rows):
+    "Each mode's cost over the raw penalty in units of fastai MixUp's median step of the same model and batch size"
+    ref = {(r['model'], r['bs']): r['median_ms']*1e3 for r in rows if r['contender'] == REF}
+    for r in pen_rows:
+        step = ref.get((r['model'], r['bs']))
+        if step: r.update(mixup_step_us=step, over_raw_x_mixup=r['over_raw_us']/step)
+    return pen_rows
+
+# ---------------------------------------------------------------------------------------------------------
 # reporting
 
 def machine_info(device, amp):
@@ -409,7 +465,7 @@ def print_table(rows):
         print(f"{r['model']:<12} {r['bs']:>4} {r['contender']:<31} {r['steps']:>5} {r['median_ms']:8.1f} {rr(r, 'ratio'):>19} "
               f"{r['cpu_ms']:8.1f} {rr(r, 'cpu_ratio'):>19} {own:>5} {r['images_per_s']:6.0f} {mem}")
 
-def check_targets(rows, mix_rows):
+def check_targets(rows, mix_rows, pen_rows=()):
     "Lines saying which of the targets each configuration meets (step time: by wall time, CPU time alongside)"
     out = []
     def get(m, bs, c, k):
@@ -428,6 +484,10 @@ def check_targets(rows, mix_rows):
         if r['op'] in ('MixupMixer()(x)', 'CutMixMixer()(x)'):
             out.append(f"mixing op {r['shape']:<14} {r['op']:<20} median {r['ratio_vs_fastai']:6.3f}× fastai {ok(r['ratio_vs_fastai'], 1):<6}"
                        f"  best {r['ratio_min_vs_fastai']:6.3f}× {ok(r['ratio_min_vs_fastai'], 1):<6}  (target ≤ 1.00×)")
+    for r in pen_rows:
+        if r['mode'] != 'raw' and 'over_raw_x_mixup' in r:
+            out.append(f"penalty op {r['model']:<12} bs {r['bs']:>3} {r['mixer']:<6} {r['mode']:<10} over raw: {r['over_raw_x_mixup']:+.4f}× "
+                       f"a MixUp step {ok(r['over_raw_x_mixup'], 0.02)}  (target ≤ 0.02×)")
     return out
 
 def write_csv(path, rows):
@@ -491,6 +551,9 @@ def parse_args(argv=None):
     p.add_argument('--mix-rounds', type=int, default=100, help='timed rounds of the mixing-op benchmark (default: %(default)s)')
     p.add_argument('--mix-inner', type=int, default=10, help='calls per round and op in the mixing-op benchmark (default: %(default)s)')
     p.add_argument('--no-mixing-op', action='store_true', help='skip the mixing-op benchmark')
+    p.add_argument('--pen-rounds', type=int, default=100, help='timed rounds of the penalty-op benchmark (default: %(default)s)')
+    p.add_argument('--pen-inner', type=int, default=10, help='calls per round and mode in the penalty-op benchmark (default: %(default)s)')
+    p.add_argument('--no-penalty-op', action='store_true', help='skip the penalty-op benchmark')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='auto: CUDA (with AMP) when available')
     p.add_argument('--no-amp', action='store_true', help='on CUDA, train in float32 (default: MixedPrecision)')
     p.add_argument('--threads', default='auto', help="torch.set_num_threads: a number, 0 (torch's default), or auto: torch's default, "
@@ -507,7 +570,7 @@ def parse_args(argv=None):
         except (ValueError, IndexError) as e: p.error(str(e))
     if args.quick:
         args.models, args.bs, args.rounds, args.warmup, args.steps_per_round = ['cnn@28'], [64], 3, 1, 1
-        args.mix_rounds, args.mix_inner = 5, 5
+        args.mix_rounds, args.mix_inner, args.pen_rounds, args.pen_inner = 5, 5, 5, 5
         if args.tag is None: args.tag = 'quick'
     args.contenders = [c for c in CONTENDERS if c in args.contenders or c == REF]
     return args
@@ -541,6 +604,7 @@ def main(argv=None):
     if not args.no_mixing_op:
         shapes = list(dict.fromkeys((bs, make_model(m)[1]) for m in args.models for bs in args.bs))
         mix_rows = bench_mixing(shapes, args, device)
+    pen_rows = [] if args.no_penalty_op else penalty_in_steps(bench_penalty(configs, args, device, amp), rows)
     info['load_avg_end'] = round(os.getloadavg()[0], 2)
     info['wall_s'] = f'{time.perf_counter() - t_start:.0f}'
     info['command'] = shlex.join(['python', 'benchmarks/step_time.py', *(sys.argv[1:] if argv is None else argv)])
@@ -558,6 +622,15 @@ def main(argv=None):
         for r in mix_rows:
             print(f"  {r['shape']:<14} {r['op']:<38} {r['median_us']:9.1f} {'['+format(r['q25_us'],'.1f')+'-'+format(r['q75_us'],'.1f')+']':>17} "
                   f"{r['min_us']:8.1f} {r['ratio_vs_fastai']:5.2f}× {r['ratio_min_vs_fastai']:9.2f}×")
+    if pen_rows:
+        print("\nThe penalty alone, forward and backward (per call, µs: median [25-75 %]); the extra over the raw penalty, "
+              "paired by round, and that extra in units of one fastai MixUp step (median) of the same model and batch")
+        print(f"  {'model':<12} {'bs':>4} {'mixer':<7} {'mode':<11} {'median':>9} {'[IQR]':>17} {'over raw':>9} {'[IQR]':>17} {'× MixUp step':>12}")
+        for r in pen_rows:
+            iqr = lambda a, b: f"[{r[a]:.1f}-{r[b]:.1f}]"
+            x = f"{r['over_raw_x_mixup']:+.4f}" if 'over_raw_x_mixup' in r else ''
+            print(f"  {r['model']:<12} {r['bs']:>4} {r['mixer']:<7} {r['mode']:<11} {r['median_us']:9.1f} {iqr('q25_us', 'q75_us'):>17} "
+                  f"{r['over_raw_us']:+9.1f} {iqr('over_raw_q25_us', 'over_raw_q75_us'):>17} {x:>12}")
     if phase_rows:
         print(f"\nParts of a step (median ms of {'CPU' if device.type == 'cpu' else 'synchronized wall'} time; "
               "'before_batch cbs' holds the mixing and SEM's clean pass)")
@@ -565,13 +638,13 @@ def main(argv=None):
         for r in phase_rows:
             print(f"{r['model']:<12} {r['bs']:>4} {r['contender']:<31}" +
                   ''.join(f"{r[p + ' ms']:{max(len(p), 8) + 1}.1f}" for p in PHASES) + f"{r['sum of medians ms']:9.1f}")
-    print('\nTargets:'); print('\n'.join('  ' + l for l in check_targets(rows, mix_rows)))
+    print('\nTargets:'); print('\n'.join('  ' + l for l in check_targets(rows, mix_rows, pen_rows)))
     print(f"\n1-minute load average at start / end: {info['load_avg_start']:.2f} / {info['load_avg_end']:.2f}; "
           f"{info['torch_threads']} torch thread(s); wall {info['wall_s']} s")
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = 'step_time' + (f'_{args.tag}' if args.tag else '')
-    written = [(args.out/f'{stem}{part}.csv', data) for part, data in (('', rows), ('_mixing', mix_rows), ('_phases', phase_rows),
+    written = [(args.out/f'{stem}{part}.csv', data) for part, data in (('', rows), ('_mixing', mix_rows), ('_penalty', pen_rows), ('_phases', phase_rows),
                ('_machine', [dict(key=k, value=v) for k, v in info.items()])) if data]
     for path, data in written: write_csv(path, data)
     plot(rows, args.out/f'{stem}.png', f"{info.get('gpu', info['cpu'])}, {info['cpu_cores']} cores, {info['torch_threads']} torch thread(s), "
@@ -579,6 +652,6 @@ def main(argv=None):
          "bars: median step wall time (top), peak memory (bottom) / fastai MixUp's; whiskers: per-round 25–75 %" +
          ("; ◆: CPU-time ratio" if device.type == 'cpu' else ''), cpu_marks=device.type == 'cpu')
     print('wrote', *(str(p) for p, _ in written), args.out/f'{stem}.png')
-    return rows, mix_rows, phase_rows
+    return rows, mix_rows, phase_rows, pen_rows
 
 if __name__ == '__main__': main()

@@ -60,25 +60,41 @@ def _sum_by_feature(t:Tensor) -> Tensor:
     s = t.sum(0, keepdim=True)   # the batch first: on CPU, one reduction over dims (0, 2, 3) is several times slower
     return s.sum(tuple(range(2, t.ndim)), keepdim=True) if t.ndim > 2 else s
 
+def _mean_by_feature(h:Tensor, sync:bool) -> tuple:
+    "(each feature's mean over the batch and a map's positions, n: the values per feature), over all processes with `sync`"
+    total, n = _sum_by_feature(h), h.numel() / h.shape[1]
+    # the count as a tensor only for the all-reduce: copying a number to the GPU would wait for all queued work
+    if sync: total, n = _sum_over_processes(total, torch.full((), n, dtype=total.dtype, device=total.device))
+    return total / n, n
+
+def _global_spread(h:Tensor, sync:bool) -> tuple:
+    "(each feature's mean, the features' variance averaged over them: 0-d, or 1 where the batch has no spread)"
+    mean, n = _mean_by_feature(h, sync)
+    centred = (h - mean).reshape(-1)   # two passes: E[h²]−E[h]² loses float32 digits
+    ss = torch.dot(centred, centred)   # the sum of squares in one fast reduction
+    if sync: ss, = _sum_over_processes(ss)
+    # no spread (bs 1, constant features): the average variance is below 1e-6 of the mean square, avg ≤ 1e-6·(mean(μ²) + avg).
+    # Multiplied out, in as few operations as possible: each is a kernel launch on a GPU
+    flat = mean.reshape(-1)
+    spread = ss*((1e6 - 1)/n) > torch.dot(flat, flat)
+    return mean, torch.where(spread, ss/(n*h.shape[1]), 1.)
+
 def standardization(h_clean:Tensor, # clean representations, (bs, n) or feature maps (bs, C, H, W)
                     per_feature:bool=False, # one scale per feature/channel instead of one for all
                     sync:bool=False, # statistics of the clean batches of all processes (every process must call it)
                    ) -> tuple:
     "(shift, scale), detached: (h − shift)·scale standardises h by the clean batch's mean and spread; a global scale is 0-d"
     with torch.no_grad():
-        total, n = _sum_by_feature(h_clean), h_clean.numel() / h_clean.shape[1]   # n: values per feature
-        # the count as a tensor only for the all-reduce: copying a number to the GPU would wait for all queued work
-        if sync: total, n = _sum_over_processes(total, torch.full((), n, dtype=total.dtype, device=total.device))
-        mean = total / n
-        centred = h_clean - mean   # two passes: E[h²]−E[h]² loses float32 digits
-        # per feature, or (global) the sum over all of them: one fast full reduction
-        sq = _sum_by_feature(centred.square_()) if per_feature else torch.linalg.vector_norm(centred).square()
+        if not per_feature:
+            mean, var = _global_spread(h_clean, sync)
+            return mean, var.rsqrt()
+        mean, n = _mean_by_feature(h_clean, sync)
+        sq = _sum_by_feature((h_clean - mean).square_())
         if sync: sq, = _sum_over_processes(sq)
-        var = sq / (n if per_feature else n*h_clean.shape[1])   # each feature's variance, or their average
+        var = sq / n
         avg = var.mean()
-        var = var + 0.01*avg if per_feature else avg
         spread = avg > 1e-6*(mean.square().mean() + avg)   # no spread (bs 1, constant features): leave the scale
-        return mean, torch.where(spread, var, torch.ones_like(var)).rsqrt()
+        return mean, torch.where(spread, var + 0.01*avg, 1.).rsqrt()
 
 # %% ../nbs/02_penalty.ipynb #07b2413b
 def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_features) or (bs, C, H, W)
@@ -96,12 +112,14 @@ def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_fea
     with torch.autocast(h_mixed.device.type, enabled=False):
         h_mixed, h_clean = h_mixed.float(), h_clean.float()
         target = equivariance_target(h_clean, lam.float(), perm, mask)
+        # the target mixes h_clean convexly, so standardising it equals mixing the standardised h_clean. mse and l2
+        # see only h_mixed − target, where the shift cancels and a global scale factors out: no pass over h for them
+        if standardize == 'global' and dist in _SCALE_POWER:
+            with torch.no_grad(): var = _global_spread(h_clean, sync)[1]
+            d = dist(h_mixed.flatten(1), target.flatten(1))
+            return d / (var if _SCALE_POWER[dist] == 2 else var.sqrt())
         if standardize:
             shift, scale = standardization(h_clean, standardize == 'feature', sync)
-            # the target mixes h_clean convexly, so standardising it equals mixing the standardised h_clean. mse and l2
-            # see only h_mixed − target, where the shift cancels and a global scale factors out: no pass over h for them
-            if dist in _SCALE_POWER and scale.ndim == 0:
-                return dist(h_mixed.flatten(1), target.flatten(1)) * scale**_SCALE_POWER[dist]
             if dist not in _SCALE_POWER: h_mixed, target = h_mixed - shift, target - shift
             h_mixed, target = h_mixed*scale, target*scale
         return dist(h_mixed.flatten(1), target.flatten(1))
