@@ -1,9 +1,10 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-15 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-16 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -181,6 +182,23 @@ def test_rounds_14_and_15_put_the_null_space_penalty_on_validation_with_mixup_on
     # round 3's selection does not see round 14's runs, which share its files
     assert 'nullspace γ=0.03' not in {r['config'] for r in study.grid_runs(study.parse_args(['--grid', '--round', '3']))}
 
+
+def test_round_16_is_round_15_again_scored_against_two_more_validation_ood_sets(study, monkeypatch):
+    runs, runs15 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (16, 15))
+    strip = lambda rs: [dict(r, phase=None) for r in rs]
+    assert all(r in strip(runs15) for r in strip(runs))                      # runs of round 15 ...
+    assert {r['config'] for r in runs} == {'base', 'global γ=0.03', 'nullspace γ=0.03'}
+    assert {r['phase'] for r in runs} == {'valid16'} and len(runs) == 9       # ... three seeds each, into their own files
+    assert study.ROUNDS[16].get('extra_ood') and not study.ROUNDS[15].get('extra_ood')
+    x = study.photo_patches(20, seed=1)
+    assert x.shape == (20, 28, 28) and x.dtype == np.uint8 and x.std() > 10
+    assert (x == study.photo_patches(20, seed=1)).all() and not (x == study.photo_patches(20, seed=2)).all()
+    # validation images that score higher than both OOD sets by both scores: every AUROC is 1
+    x_valid = np.zeros((4, 28, 28), np.uint8)
+    logits_of = lambda model, dls, x: torch.tensor([[5., 0.]]*len(x)) if x is x_valid else torch.zeros(len(x), 2)
+    monkeypatch.setattr(study.R, 'logits_of', logits_of)
+    res = study.extra_ood_metrics(SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test=x_valid))
+    assert res == {f'auroc_{n}{s}': 1.0 for n in ('photos', 'inverted') for s in ('', '_energy')}
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
     "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
