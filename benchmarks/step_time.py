@@ -44,13 +44,18 @@ Mixing op alone: fastai `MixUp.before_batch` / `CutMix.before_batch` (on a stand
 `MixupMixer()(x)` / `CutMixMixer()(x)` on the same batch. fastai's CutMix pastes the box into the batch in
 place; our mixer returns a new tensor and leaves `x` alone, so `fastai CutMix + clone` is timed as well.
 
+The penalty alone (skip with `--no-penalty-op`): `sem_penalty` forward and backward in each mode (raw, scale-free,
+spatial) on the features each configuration's model gives for a random batch (float16 under AMP), the gradient added
+to an existing one as in a step; modes in a new random order each round. A mode's extra over the raw penalty, paired
+by round, is divided by fastai MixUp's median step of the same run: the target is at most 0.02×.
+
 Parts of a step (`--phases`): CPU time (synchronized wall time on CUDA) from `before_batch` to the start of the
 training forward pass (mixing, and SEM's clean pass), the forward, loss + `after_loss`, backward, optimizer step
 and `zero_grad` + `after_batch`, median per contender.
 
 Results: a table on stdout, `benchmarks/results/step_time{tag}.csv` (steps), `step_time{tag}_mixing.csv`
-(mixing op), `step_time{tag}_phases.csv` (with --phases), `step_time{tag}_machine.csv` (machine and versions)
-and the plot `step_time{tag}.png`.
+(mixing op), `step_time{tag}_penalty.csv` (penalty op), `step_time{tag}_phases.csv` (with --phases),
+`step_time{tag}_machine.csv` (machine and versions) and the plot `step_time{tag}.png`.
 """
 from __future__ import annotations
 import argparse, contextlib, csv, os, platform, random, shlex, sys, time, warnings
