@@ -64,7 +64,9 @@ three seeds), round 15 on round 7's 20-epoch CNN. They choose nothing: a new def
 Round 16 (`--grid --select --round 16`, files `defaults_grid16.*.csv`, `defaults_deltas16.csv`) chooses nothing either:
 round 15's MixUp, default and null-space runs again, scored also against two more validation OOD sets (patches of
 scikit-learn's sample photographs, and the validation images inverted), to see whether validation can show the energy
-AUROC loss that the test split's MNIST showed.
+AUROC loss that the test split's MNIST showed. Round 17 adds SEMMixup at γ 0 to round 16's runs (its files), and
+round 18 (`defaults_grid18.*.csv`, `defaults_deltas18.csv`) scores round 3's MixUp runs at 5 and 4 epochs, both
+architectures, against all three validation OOD sets.
 
 Architectures: `small_cnn` (3 ConvLayers, global average pooling, Linear; ≈100k parameters), batch 256,
 `fit_one_cycle(5, 3e-3)`; and fastai's `vision_learner(resnet18, pretrained=False, n_in=1)` (11M parameters), batch
@@ -258,10 +260,21 @@ ROUNDS[15]['deltas_of'] = ROUNDS[15]['cnn_mixup']
 # of scikit-learn's two sample photographs (`photo_patches`), and the validation images with inverted gray levels
 ROUNDS[16] = dict(ROUNDS[15], cnn_mixup=('global γ=0.03', 'nullspace γ=0.03'), suffix='16', grid_suffix='16', extra_ood=True)
 ROUNDS[16]['deltas_of'] = ROUNDS[16]['cnn_mixup']
+# round 17 (`--grid --select --round 17`, round 16's files) chooses nothing: round 16 found both penalties lowering the
+# AUROCs of the two new OOD sets; SEMMixup at γ 0 on the same runs tells the penalty's part from that of the rest of
+# SEMMixup (its own mixer, the clean pass). Round 18 (`--grid --select --round 18`, its own files) asks the same at
+# the length the defaults were chosen at: round 3's MixUp runs (5 and 4 epochs, both architectures, three seeds) of
+# fastai's MixUp, the default and the null-space penalty, scored against all three validation OOD sets
+ROUNDS[17] = dict(ROUNDS[16], configs={**ROUNDS[16]['configs'], 'γ=0': dict(gamma=0.)}, cnn_mixup=('γ=0',), suffix='17',
+                  deltas_of=('global γ=0.03', 'nullspace γ=0.03', 'γ=0'))
+ROUNDS[18] = dict(configs={**CONFIGS2, **CONFIGS14}, resnet=('global γ=0.03', 'nullspace γ=0.03'),
+                  cnn_mixup=('global γ=0.03', 'nullspace γ=0.03'), cnn_cutmix=(), mixes=('mixup',), suffix='18',
+                  sem=SEMMixup, default={}, rule='deltas', test=False, extra_ood=True)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
-              14: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 15: {'cnn': (0, 1, 2)}, 16: {'cnn': (0, 1, 2)}}   # round 6 has no grid
+              14: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 15: {'cnn': (0, 1, 2)}, 16: {'cnn': (0, 1, 2)},
+              17: {'cnn': (0, 1, 2)}, 18: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -535,7 +548,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:

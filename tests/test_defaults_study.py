@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-16 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-18 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -199,6 +199,19 @@ def test_round_16_is_round_15_again_scored_against_two_more_validation_ood_sets(
     monkeypatch.setattr(study.R, 'logits_of', logits_of)
     res = study.extra_ood_metrics(SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test=x_valid))
     assert res == {f'auroc_{n}{s}': 1.0 for n in ('photos', 'inverted') for s in ('', '_energy')}
+
+def test_round_17_adds_gamma_0_to_round_16_and_round_18_is_round_3_with_its_ood_sets(study):
+    runs16, runs17 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (16, 17))
+    assert {r['config'] for r in runs17} == {'base', 'γ=0'} and {r['phase'] for r in runs17} == {'valid16'}
+    assert [r for r in runs17 if r['config'] == 'base'] == [r for r in runs16 if r['config'] == 'base']   # shared runs
+    sem, = study.make_cbs('SEM+mixup', 'γ=0', study.ROUNDS[17])
+    assert sem.gamma == 0 and study.ROUNDS[17].get('extra_ood')
+    runs18 = study.grid_runs(study.parse_args(['--grid', '--round', '18']))
+    runs3 = study.grid_runs(study.parse_args(['--grid', '--round', '3']))
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    assert {key(r) for r in runs18} - {key(r) for r in runs3} == {(a, 'SEM+mixup', 'nullspace γ=0.03', s, e)
+                                                               for a, e in (('cnn', 5), ('resnet18', 4)) for s in (0, 1, 2)}
+    assert {r['phase'] for r in runs18} == {'valid18'} and study.ROUNDS[18].get('extra_ood')
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
     "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
