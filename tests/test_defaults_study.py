@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-18 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-19 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -212,6 +212,11 @@ def test_round_17_adds_gamma_0_to_round_16_and_round_18_is_round_3_with_its_ood_
     assert {key(r) for r in runs18} - {key(r) for r in runs3} == {(a, 'SEM+mixup', c, s, e) for c in ('nullspace γ=0.03', 'γ=0')
                                                                for a, e in (('cnn', 5), ('resnet18', 4)) for s in (0, 1, 2)}
     assert {r['phase'] for r in runs18} == {'valid18'} and study.ROUNDS[18].get('extra_ood')
+    runs19 = study.grid_runs(study.parse_args(['--grid', '--round', '19']))   # the same for CutMix
+    assert {(r['method'], r['config']) for r in runs19} == {('CutMix', 'base'), *(('SEM+cutmix', c) for c in ('γ=0', 'global γ=0.03', 'spatial γ=0.03'))}
+    assert len(runs19) == 24 and {r['phase'] for r in runs19} == {'valid19'} and study.ROUNDS[19].get('extra_ood')
+    sem, = study.make_cbs('SEM+cutmix', 'spatial γ=0.03', study.ROUNDS[19])
+    assert sem.spatial and sem.gamma == .03 and type(sem.mixer).__name__ == 'CutMixMixer'
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
     "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
