@@ -419,7 +419,8 @@ examples:
 _COMPARE_EPILOG = """SEM is SEMMixup(mix=MIX) at its defaults (or with --gamma), the plain mixer the same with gamma 0; both train
 once per seed.
 Reported per method (mean ± std over seeds): clean accuracy, accuracy under corruptions of the validation images,
-OOD detection AUROC (maximum softmax probability and energy scores), expected calibration error and training time.
+OOD detection AUROC (maximum softmax probability and energy scores), expected calibration error and training time;
+then SEM minus the plain mixer seed by seed, and which of those differences exceed the seed noise.
 
 examples:
   fastai-sem compare                          embedded Fashion-MNIST, small CNN, 3 seeds (what make run does)

@@ -9,8 +9,8 @@ from contextlib import nullcontext
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['MNIST_SMALL_FN', 'METRICS', 'load_mnist_small', 'permuted_images', 'evaluate_run', 'noise_sentence', 'Comparison',
-           'compare_sem']
+__all__ = ['MNIST_SMALL_FN', 'METRICS', 'load_mnist_small', 'permuted_images', 'evaluate_run', 'paired_differences',
+           'noise_sentence', 'Comparison', 'compare_sem']
 
 # %% ../nbs/07_compare.ipynb #ded80e70
 from fastai.basics import *
@@ -102,44 +102,56 @@ METRICS = {'clean_acc': ('clean acc', 'clean accuracy', 1), 'corruption_acc': ('
            'auroc_msp': ('AUROC MSP', 'OOD AUROC (MSP)', 1), 'auroc_energy': ('AUROC energy', 'OOD AUROC (energy)', 1),
            'ece': ('ECE', 'ECE', -1), 'seconds': ('time (s)', 'training time', 0)}   # column, name, +1: higher is better
 
-def noise_sentence(summary:pd.DataFrame, a:str, b:str, cols=('clean_acc', 'corruption_acc', 'auroc_msp', 'auroc_energy', 'ece')) -> str:
-    "Which differences between methods `a` and `b` (rows of `summary`, columns (metric, 'mean'|'std')) exceed the seed noise"
+def paired_differences(runs:pd.DataFrame, # one row per run: columns `method`, `seed` and the metrics
+                       a:str, b:str) -> pd.DataFrame: # one row per seed that both methods ran
+    "Seed by seed, the metrics of method `a` minus those of method `b`"
+    cols = [c for c in METRICS if c in runs]
+    by_seed = lambda m: runs[runs.method == m].set_index('seed')[cols]
+    return (by_seed(a) - by_seed(b)).dropna()
+
+def noise_sentence(diffs:pd.DataFrame, # `paired_differences(runs, a, b)`
+                   a:str, b:str, cols=('clean_acc', 'corruption_acc', 'auroc_msp', 'auroc_energy', 'ece')) -> str:
+    "Which mean differences of `diffs` exceed the seed noise: the standard deviation of the per-seed differences"
     beyond, within = [], []
     for c in cols:
-        d = summary.loc[a, (c, 'mean')] - summary.loc[b, (c, 'mean')]
-        noise = max(summary.loc[a, (c, 'std')], summary.loc[b, (c, 'std')])
-        better = '' if d == 0 else ' better' if d*METRICS[c][2] > 0 else ' worse'
-        (beyond if abs(d) > noise else within).append(f"{METRICS[c][1]} {d:+.4f}" + (f" ({better.strip()}, noise {noise:.4f})"
-                                                                                       if abs(d) > noise else f" (noise {noise:.4f})"))
+        d, noise = diffs[c].mean(), diffs[c].std()
+        better = '' if d == 0 else 'better' if d*METRICS[c][2] > 0 else 'worse'
+        (beyond if abs(d) > noise else within).append(f"{METRICS[c][1]} {d:+.4f}"
+                                                       + (f" ({better}, noise {noise:.4f})" if abs(d) > noise else f" (noise {noise:.4f})"))
     join = lambda xs: ', '.join(xs[:-1]) + (' and ' if len(xs) > 1 else '') + xs[-1]
-    head = f"{a} minus {b}, mean over seeds: "
-    if not beyond: return head + f"no difference exceeds the seed noise (the larger std over seeds): {join(within)}."
+    head, what = f"{a} minus {b}, mean over {len(diffs)} seeds: ", "the seed noise (the std of the per-seed differences)"
+    if not beyond: return head + f"no difference exceeds {what}: {join(within)}."
     verb = lambda xs, one, many: one if len(xs) == 1 else many
-    return (head + f"{join(beyond)} {verb(beyond, 'exceeds', 'exceed')} the seed noise (the larger std over seeds); "
+    return (head + f"{join(beyond)} {verb(beyond, 'exceeds', 'exceed')} {what}; "
             + (f"{join(within)} {verb(within, 'does', 'do')} not." if within else "that is every difference measured."))
+
 
 # %% ../nbs/07_compare.ipynb #749b447d
 class Comparison:
-    "What `compare_sem` measured: `runs` (one row per method and seed), `summary` (mean and std over seeds) and `sentence`"
+    "What `compare_sem` measured: `runs` (one row per method and seed), `summary`, `differences` and `sentence`"
     def __init__(self, runs:pd.DataFrame, setup:str, columns:str, seconds:float):
         store_attr()
         self.methods = list(dict.fromkeys(runs.method))
         cols = [c for c in METRICS if c in runs]
-        self.summary = runs.groupby('method', sort=False)[cols].agg(['mean', 'std'])
-        self.sentence = noise_sentence(self.summary, *self.methods[:2])
+        self.summary = runs.groupby('method', sort=False)[cols].agg(['mean', 'std'])   # per method, over seeds
+        self.differences = paired_differences(runs, *self.methods[:2])                 # per seed, SEM minus plain
+        self.sentence = noise_sentence(self.differences, *self.methods[:2])
 
     def table(self) -> str:
-        "The summary as aligned text, mean ± std over seeds"
+        "Mean ± std over seeds per method, and of the per-seed differences, as aligned text"
         cols = [c for c in METRICS if c in self.runs]
-        fmt = lambda c, m, s: f"{m:.1f} ± {s:.1f}" if c == 'seconds' else f"{m:.4f} ± {s:.4f}"
+        fmt = lambda c, m, s, sign='': f"{m:{sign}.1f} ± {s:.1f}" if c == 'seconds' else f"{m:{sign}.4f} ± {s:.4f}"
         rows = [['method'] + [METRICS[c][0] for c in cols]]
         rows += [[m] + [fmt(c, self.summary.loc[m, (c, 'mean')], self.summary.loc[m, (c, 'std')]) for c in cols] for m in self.methods]
+        d = self.differences
+        rows += [[f'{self.methods[0]} − {self.methods[1]}, by seed'] + [fmt(c, d[c].mean(), d[c].std(), '+') for c in cols]]
         w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return '\n'.join('  '.join(v.ljust(w[i]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(r)) for r in rows)
 
     def __str__(self): return f"{self.setup}\n\n{self.table()}\n\n{self.columns}\n\n{self.sentence}"
     __repr__ = __str__
     def print_report(self): print(str(self), flush=True)
+
 
 # %% ../nbs/07_compare.ipynb #513cd75a
 def compare_sem(
@@ -206,5 +218,6 @@ def compare_sem(
                f"under {len(corruptions)} corruption{'s' if len(corruptions) > 1 else ''} at severit{'ies' if len(severities) > 1 else 'y'} {', '.join(map(str, severities))}; AUROC = validation images "
                f"against {data.ood_name}, scored by the maximum softmax probability (MSP) or the energy; ECE = expected "
                f"calibration error (15 bins, lower is better); time = training seconds per run (γ 0 still runs the clean "
-               f"forward pass that measures the penalty).")
+               f"forward pass that measures the penalty). The last row: SEM minus plain {mix} seed by seed (the two runs of "
+               f"a seed share initial weights, batch order, λ and partners), mean ± std of the per-seed differences.")
     return Comparison(pd.DataFrame(rows), setup, columns, seconds)
