@@ -351,7 +351,7 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
     _fastai()   # first, so that fastai is imported without torch's FutureWarning
     from fastai_sem.step import default_gamma
     if gamma is None and default_gamma(mix) == 0:
-        raise InputError(f"SEMMixup's default γ with --mix {mix} is 0 (the plain {mix}: every γ tried did harm on our "
+        raise InputError(f"SEMMixup's default γ with --mix {mix} is 0 (the plain {mix}: no γ tried helped on our "
                          f"validation runs), so there is nothing to compare: give --gamma, e.g. --gamma 0.1")
     check_arch(arch)
     from fastai_sem.compare import compare_sem
