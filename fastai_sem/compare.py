@@ -125,7 +125,6 @@ def noise_sentence(diffs:pd.DataFrame, # `paired_differences(runs, a, b)`
     return (head + f"{join(beyond)} {verb(beyond, 'exceeds', 'exceed')} {what}; "
             + (f"{join(within)} {verb(within, 'does', 'do')} not." if within else "that is every difference measured."))
 
-
 # %% ../nbs/07_compare.ipynb #749b447d
 class Comparison:
     "What `compare_sem` measured: `runs` (one row per method and seed), `summary`, `differences` and `sentence`"
