@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-19 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-21 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -217,6 +217,15 @@ def test_round_17_adds_gamma_0_to_round_16_and_round_18_is_round_3_with_its_ood_
     assert len(runs19) == 24 and {r['phase'] for r in runs19} == {'valid19'} and study.ROUNDS[19].get('extra_ood')
     sem, = study.make_cbs('SEM+cutmix', 'spatial γ=0.03', study.ROUNDS[19])
     assert sem.spatial and sem.gamma == .03 and type(sem.mixer).__name__ == 'CutMixMixer'
+
+def test_rounds_20_and_21_pair_the_cnns_test_table_at_the_defaults_with_gamma_0(study, tmp_path):
+    for rnd, gamma in ((20, default_gamma('mixup')), (21, 0.)):
+        with pytest.raises(SystemExit, match='no grid'): study.main(['--grid', '--round', str(rnd), '--out-dir', str(tmp_path)])
+        runs = study.test_runs(study.parse_args(['--test', '--round', str(rnd)]))
+        assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config'], r['seed']) for r in runs} == {
+            (f'test{rnd}', 'cnn', 5, 'SEM+mixup', 'default', s) for s in (0, 1, 2)}
+        sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[rnd])
+        assert sem.gamma == gamma and sem.standardize == 'global' and not sem.spatial and study.ROUNDS[rnd]['extra_ood']
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
     "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
