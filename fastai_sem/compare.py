@@ -139,7 +139,9 @@ class Comparison:
     def table(self) -> str:
         "Mean ± std over seeds per method, and of the per-seed differences, as aligned text"
         cols = [c for c in METRICS if c in self.runs]
-        fmt = lambda c, m, s, sign='': f"{m:{sign}.1f} ± {s:.1f}" if c == 'seconds' else f"{m:{sign}.4f} ± {s:.4f}"
+        def fmt(c, m, s, sign=''):
+            digits = 1 if c == 'seconds' else 4
+            return f"{round(m, digits) + 0.:{sign}.{digits}f} ± {s:.{digits}f}"   # + 0.: a mean that rounds to -0 shows as 0
         rows = [['method'] + [METRICS[c][0] for c in cols]]
         rows += [[m] + [fmt(c, self.summary.loc[m, (c, 'mean')], self.summary.loc[m, (c, 'std')]) for c in cols] for m in self.methods]
         d = self.differences
