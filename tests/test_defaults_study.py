@@ -227,6 +227,37 @@ def test_rounds_20_and_21_pair_the_cnns_test_table_at_the_defaults_with_gamma_0(
         sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[rnd])
         assert sem.gamma == gamma and sem.standardize == 'global' and not sem.spatial and study.ROUNDS[rnd]['extra_ood']
 
+def test_rounds_22_and_23_rerun_the_cnn_runs_of_rounds_18_and_16_17_scored_also_against_typed_characters(study, monkeypatch):
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs18, runs16, runs17, runs22, runs23 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)]))
+                                              for r in (18, 16, 17, 22, 23))
+    assert {key(r) for r in runs22} == {key(r) for r in runs18 if r['arch'] == 'cnn'} and len(runs22) == 12
+    assert {key(r) for r in runs23} == {key(r) for r in runs16 + runs17} and len(runs23) == 12
+    assert {r['phase'] for r in runs22} == {'valid22'} and {r['phase'] for r in runs23} == {'valid23'}
+    assert study.ROUNDS[22]['extra_ood'] == study.ROUNDS[23]['extra_ood'] == ('photos', 'inverted', 'glyphs')
+    # round 24: the ResNet's runs of round 18 but the null-space penalty; rounds 25 and 26: rounds 20 and 21
+    runs24 = study.grid_runs(study.parse_args(['--grid', '--round', '24']))
+    assert {key(r) for r in runs24} == {key(r) for r in runs18 if r['arch'] == 'resnet18' and r['config'] != 'nullspace γ=0.03'}
+    assert len(runs24) == 9 and {r['phase'] for r in runs24} == {'valid24'} and study.ROUNDS[24]['extra_ood'][-1] == 'glyphs'
+    for rnd, earlier in ((25, 20), (26, 21)):
+        runs, before = (study.test_runs(study.parse_args(['--test', '--round', str(r)])) for r in (rnd, earlier))
+        assert [dict(r, phase=None) for r in runs] == [dict(r, phase=None) for r in before] and runs[0]['phase'] == f'test{rnd}'
+        assert study.ROUNDS[rnd]['default'] == study.ROUNDS[earlier]['default'] and study.ROUNDS[rnd]['extra_ood'][-1] == 'glyphs'
+    x = study.glyphs(30, seed=1)
+    assert x.shape == (30, 28, 28) and x.dtype == np.uint8 and x.max() == 255
+    assert (x == study.glyphs(30, seed=1)).all() and not (x == study.glyphs(30, seed=2)).all()
+    on = x > 0   # framed like MNIST: inside a 20-pixel box, centre of mass within a pixel of the centre
+    assert all(np.ptp(np.nonzero(o)[0]) < 20 and np.ptp(np.nonzero(o)[1]) < 20 for o in on)
+    centre = lambda a, axis: (a.sum(axis) * np.arange(28)).sum() / a.sum()
+    assert all(abs(centre(a.astype(float), 1) - 13.5) <= 1.5 and abs(centre(a.astype(float), 0) - 13.5) <= 1.5 for a in x)
+    # the round's OOD sets by name, the glyphs among them
+    x_valid = np.zeros((4, 28, 28), np.uint8)
+    logits_of = lambda model, dls, x: torch.tensor([[5., 0.]]*len(x)) if x is x_valid else torch.zeros(len(x), 2)
+    monkeypatch.setattr(study.R, 'logits_of', logits_of)
+    monkeypatch.setattr(study, 'glyphs', lambda: x)
+    res = study.extra_ood_metrics(SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test=x_valid), ('glyphs',))
+    assert res == {'auroc_glyphs': 1.0, 'auroc_glyphs_energy': 1.0}
+
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
     "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
     fitted = []
