@@ -16,7 +16,7 @@ from fastai.vision.core import TensorImage, TensorImageBW
 from copy import copy as shallow_copy, deepcopy
 from .callback import SEMMixup
 from .corruptions import CORRUPTIONS, corrupt
-from .ood import expected_calibration_error
+from .ood import expected_calibration_error, msp_score, energy_score, ood_metrics
 
 # %% ../nbs/06_gamma_find.ipynb #67be91cf
 def _uint8_images(dl, xb) -> np.ndarray:
@@ -129,12 +129,12 @@ class GammaFind:
     def __init__(self, table:pd.DataFrame, suggested:float, rule:str, tol:float|None=None, ece_tol:float|None=None): store_attr()
     def __repr__(self): return f"{self.table.round(4).to_string()}\nsuggested γ = {self.suggested:g}: {self.rule}"
 
-    def plot(self, figsize:tuple=(12, 3.2)):
-        "Validation accuracy, corruption accuracy and ECE against γ (symlog axis, γ = 0 included); the suggested γ in red"
+    def plot(self, figsize:tuple|None=None):
+        "Validation accuracy, corruption accuracy, ECE and the OOD AUROCs against γ (symlog axis, γ = 0 included); the suggested γ in red"
         import matplotlib.pyplot as plt
         t = self.table
-        cols = [c for c in ('accuracy', 'corruption_acc', 'ece') if c in t and t[c].notna().any()]
-        fig, axs = plt.subplots(1, len(cols), figsize=figsize, squeeze=False)
+        cols = [c for c in ('accuracy', 'corruption_acc', 'ece', 'auroc_msp', 'auroc_energy') if c in t and t[c].notna().any()]
+        fig, axs = plt.subplots(1, len(cols), figsize=figsize or (4*len(cols), 3.2), squeeze=False)
         pos = t.index[t.index > 0]
         for ax, c in zip(axs[0], cols):
             ax.plot(t.index, t[c], 'o-', color='tab:blue')
@@ -148,7 +148,8 @@ class GammaFind:
             ax.set_xscale('symlog', linthresh=lin)
             ax.set_xlim(t.index.min() - lin/3, t.index.max()*1.3 if len(pos) else lin)
             ax.set_xticks(list(t.index), [f'{g:g}' for g in t.index]); ax.minorticks_off()
-            ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy', ece='validation ECE')[c])
+            ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy', ece='validation ECE',
+                                          auroc_msp='OOD AUROC (MSP)', auroc_energy='OOD AUROC (energy)')[c])
             ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
@@ -172,6 +173,7 @@ def gamma_find(
     corruptions=FIND_CORRUPTIONS, # Names from `CORRUPTIONS`; () for no robustness measure
     severities=(3,), # Severities (1-5) of the corruptions
     n_per_class:int|None=50, # Validation images per class that are corrupted; None: all
+    ood:np.ndarray|None=None, # uint8 images (N,H,W) or (N,H,W,C), at the model's size, of none of your classes: adds OOD AUROCs
     seed:int=0, # Seed of every run (`set_seed`) and of the corruptions
     show_plot:bool=True, # Plot accuracy and corruption accuracy against γ
     verbose:bool=True, # Print the cost first and one line per γ
@@ -191,6 +193,9 @@ def gamma_find(
     if corruptions and (not severities or any(s not in (1, 2, 3, 4, 5) for s in severities)):
         raise ValueError(f"`severities` must be severities from 1 to 5, got {severities}")
     if 'gamma' in sem_kwargs: raise ValueError("give the values of γ as `gammas`, not `gamma`")
+    if ood is not None and not (isinstance(ood, np.ndarray) and ood.dtype == np.uint8 and ood.ndim in (3, 4) and len(ood)):
+        got = f"{ood.dtype} of shape {ood.shape}" if isinstance(ood, np.ndarray) else type(ood).__name__
+        raise ValueError(f"`ood` must be None or a non-empty uint8 array of images (N,H,W) or (N,H,W,C) at the size the model takes, got {got}")
     SEMMixup(**sem_kwargs)   # wrong settings fail here, before anything is trained
     attached = [cb for cb in learn.cbs if isinstance(cb, SEMMixup)]
     def make_cb(g):
@@ -221,10 +226,16 @@ def gamma_find(
                        ece=expected_calibration_error(F.softmax(preds.float(), 1), targs.view(-1)))
             if corruptions:
                 row['corruption_acc'] = float(np.mean([(images_logits(learn, o).argmax(1).numpy() == y).mean() for o in corrupted]))
+            if ood is not None:
+                out = images_logits(learn, ood)
+                for name, score in (('auroc_msp', msp_score), ('auroc_energy', energy_score)):
+                    row[name] = ood_metrics(score(preds.float()), score(out))['AUROC']
             rows.append(dict(row, seconds=secs))
             if verbose:
                 print(f"  γ = {g:<5g} validation accuracy {row['accuracy']:.4f}, ECE {row['ece']:.4f}"
-                      + (f", corruption accuracy {row['corruption_acc']:.4f}" if corruptions else '') + f"  ({secs:.0f} s)")
+                      + (f", corruption accuracy {row['corruption_acc']:.4f}" if corruptions else '')
+                      + (f", OOD AUROC MSP {row['auroc_msp']:.4f} energy {row['auroc_energy']:.4f}" if ood is not None else '')
+                      + f"  ({secs:.0f} s)")
     finally: snap.restore()
     table = pd.DataFrame(rows).set_index('gamma')
     bound = f"whose validation ECE is at most {ece_tol:g} above γ = 0's" if ece_tol is not None and 0. in table.index else ''
