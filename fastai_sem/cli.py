@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_cli.ipynb #3c631b3f
 from __future__ import annotations
-import argparse, difflib, math, mimetypes, shutil, sys, time, warnings
+import argparse, difflib, math, mimetypes, random, shutil, sys, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from fastcore.imports import in_notebook
@@ -191,8 +191,11 @@ def folder_dls(path:str|Path, # the folder of images, in one of the layouts `ins
     fv = _fastai()
     path = Path(path)
     split = dict(train='train', valid='valid') if (path/'train').is_dir() and (path/'valid').is_dir() else dict(valid_pct=0.2)
-    return fv.ImageDataLoaders.from_folder(path, **split, seed=seed, bs=bs, item_tfms=fv.Resize(size),
-                                           batch_tfms=fv.Normalize.from_stats(*fv.imagenet_stats), num_workers=0)
+    dls = fv.ImageDataLoaders.from_folder(path, **split, seed=seed, bs=bs, item_tfms=fv.Resize(size),
+                                          batch_tfms=fv.Normalize.from_stats(*fv.imagenet_stats), num_workers=0)
+    # fastai seeds only the split; each loader's shuffling draws its own seed from Python's `random` when it is made
+    for i, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
+    return dls
 
 def _load_folder(path:str|Path, # the folder of images
                  bs:int|None, size:int|None, epochs:int|None, # the user's settings; None: chosen from the data
