@@ -260,7 +260,9 @@ ROUNDS[15]['deltas_of'] = ROUNDS[15]['cnn_mixup']
 # the same models, if training is deterministic, into its own files) and also scores the validation images against
 # two more OOD sets, fixed before it ran, made from what the installed packages ship, neither of them MNIST: patches
 # of scikit-learn's two sample photographs (`photo_patches`), and the validation images with inverted gray levels
-ROUNDS[16] = dict(ROUNDS[15], cnn_mixup=('global γ=0.03', 'nullspace γ=0.03'), suffix='16', grid_suffix='16', extra_ood=True)
+EXTRA_OOD = ('photos', 'inverted')   # round 16's further validation OOD sets (`extra_ood_metrics`)
+EXTRA_OOD22 = (*EXTRA_OOD, 'glyphs')   # and round 22's near-OOD set
+ROUNDS[16] = dict(ROUNDS[15], cnn_mixup=('global γ=0.03', 'nullspace γ=0.03'), suffix='16', grid_suffix='16', extra_ood=EXTRA_OOD)
 ROUNDS[16]['deltas_of'] = ROUNDS[16]['cnn_mixup']
 # round 17 (`--grid --select --round 17`, round 16's files) chooses nothing: round 16 found both penalties lowering the
 # AUROCs of the two new OOD sets; SEMMixup at γ 0 on the same runs tells the penalty's part from that of the rest of
@@ -272,14 +274,14 @@ ROUNDS[17] = dict(ROUNDS[16], configs={**ROUNDS[16]['configs'], 'γ=0': dict(gam
                   deltas_of=('global γ=0.03', 'nullspace γ=0.03', 'γ=0'))
 ROUNDS[18] = dict(configs={**CONFIGS2, **CONFIGS14, 'γ=0': dict(gamma=0.)}, resnet=('global γ=0.03', 'nullspace γ=0.03', 'γ=0'),
                   cnn_mixup=('global γ=0.03', 'nullspace γ=0.03', 'γ=0'), cnn_cutmix=(), mixes=('mixup',), suffix='18',
-                  sem=SEMMixup, default={}, rule='deltas', test=False, extra_ood=True)
+                  sem=SEMMixup, default={}, rule='deltas', test=False, extra_ood=EXTRA_OOD)
 # round 19 (`--grid --select --round 19`, its own files) chooses nothing: round 3 set CutMix's default to γ 0 because every
 # γ lowered clean accuracy on the CNN against fastai's CutMix (−0.002); rounds 17 and 18 found that SEMMixup at γ 0 is
 # the tighter control. Round 19 asks whether the penalty itself costs accuracy with CutMix: fastai's CutMix, SEMMixup
 # at γ 0, and the global and spatial penalties at γ 0.03, at 5 and 4 epochs, both architectures, all three OOD sets
 ROUNDS[19] = dict(configs={**CONFIGS2, **CONFIGS5, 'γ=0': dict(gamma=0.)}, resnet=('γ=0', 'global γ=0.03', 'spatial γ=0.03'),
                   cnn_mixup=(), cnn_cutmix=('γ=0', 'global γ=0.03', 'spatial γ=0.03'), mixes=('cutmix',), suffix='19',
-                  sem=SEMMixup, default={}, rule='deltas', test=False, extra_ood=True)
+                  sem=SEMMixup, default={}, rule='deltas', test=False, extra_ood=EXTRA_OOD)
 # rounds 20 and 21 (`--test --round 20`, `--test --round 21`) choose nothing: the main job, which pairs SEM with
 # SEMMixup at γ 0 seed by seed, found both MNIST AUROCs rising beyond that paired noise at the defaults and 5 epochs,
 # which round 3's test table (against fastai's MixUp, unpaired) could not resolve. Round 20 runs the CNN's test table at
@@ -287,7 +289,7 @@ ROUNDS[19] = dict(configs={**CONFIGS2, **CONFIGS5, 'γ=0': dict(gamma=0.)}, resn
 # did at 20 epochs), both scored against the two further OOD sets of round 16 too: the penalty's own effect on the test
 # split, per seed. The ResNet's pair is rounds 3 and 6 (seeds 0-5)
 ROUNDS[20] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), archs=('cnn',), test_methods=('SEM+mixup',),
-                  suffix='20', sem=SEMMixup, default={}, grid=False, extra_ood=True)
+                  suffix='20', sem=SEMMixup, default={}, grid=False, extra_ood=EXTRA_OOD)
 ROUNDS[21] = dict(ROUNDS[20], suffix='21', default=dict(gamma=0.))
 # rounds 22 and 23 (`--grid --select --round 22`, `... --round 23`, their own files) choose nothing: rounds 16-18 found
 # that none of validation's three OOD sets shows the energy AUROC loss that MNIST shows on the test split (the default
@@ -298,7 +300,7 @@ ROUNDS[21] = dict(ROUNDS[20], suffix='21', default=dict(gamma=0.))
 # left out: its OOD scores differ by 0.14-0.17 between paired seeds (rounds 3 and 6), too much to show a loss of 0.01-0.04
 ROUNDS[22] = dict(configs=ROUNDS[18]['configs'], archs=('cnn',), resnet=(), cnn_mixup=ROUNDS[18]['cnn_mixup'], cnn_cutmix=(),
                   mixes=('mixup',), suffix='22', sem=SEMMixup, default={}, rule='deltas', test=False,
-                  extra_ood=('photos', 'inverted', 'glyphs'))
+                  extra_ood=EXTRA_OOD22)
 ROUNDS[23] = dict(ROUNDS[22], epochs={'cnn': 20}, suffix='23')
 # rounds 24-26 choose nothing; added after round 22 had found the typed characters not at the ceiling (AUROC ≈ 0.77)
 # and the default raising both of their AUROCs over γ 0 on every seed. Round 24 (`--grid --select --round 24`) scores
@@ -306,14 +308,14 @@ ROUNDS[23] = dict(ROUNDS[22], epochs={'cnn': 20}, suffix='23')
 # `--test --round 26`) rerun rounds 20 and 21 (the CNN's test table at the defaults and at γ 0) scoring the test images
 # against the typed characters too: do they move as MNIST does, on the same models?
 ROUNDS[24] = dict(ROUNDS[22], archs=('resnet18',), resnet=('global γ=0.03', 'γ=0'), cnn_mixup=(), suffix='24')
-ROUNDS[25] = dict(ROUNDS[20], suffix='25', extra_ood=ROUNDS[22]['extra_ood'])
-ROUNDS[26] = dict(ROUNDS[21], suffix='26', extra_ood=ROUNDS[22]['extra_ood'])
+ROUNDS[25] = dict(ROUNDS[20], suffix='25', extra_ood=EXTRA_OOD22)
+ROUNDS[26] = dict(ROUNDS[21], suffix='26', extra_ood=EXTRA_OOD22)
 # rounds 27 and 28 (`--test --round 27`, `--test --round 28`) choose nothing; added after round 23 had found, at 20 epochs,
 # the default raising the glyphs' MSP AUROC and lowering their energy AUROC on every seed, as MNIST does on the test
 # split (round 9). They rerun rounds 8 and 9's pair (the CNN's test table at 20 epochs, the default and γ 0) scoring the
 # test images against MNIST and the glyphs, for the same check as rounds 25-26 at that length
-ROUNDS[27] = dict(ROUNDS[9], suffix='27', default={}, extra_ood=ROUNDS[22]['extra_ood'])
-ROUNDS[28] = dict(ROUNDS[9], suffix='28', extra_ood=ROUNDS[22]['extra_ood'])
+ROUNDS[27] = dict(ROUNDS[9], suffix='27', default={}, extra_ood=EXTRA_OOD22)
+ROUNDS[28] = dict(ROUNDS[9], suffix='28', extra_ood=EXTRA_OOD22)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
@@ -384,8 +386,6 @@ def glyphs(n=2000, seed=0) -> np.ndarray:
         out.append(image)
     return torch.stack(out).round().clamp(0, 255).to(torch.uint8).numpy()
 
-
-EXTRA_OOD = ('photos', 'inverted')   # round 16's; round 22 adds 'glyphs'
 
 def extra_ood_metrics(learn, data, names=EXTRA_OOD) -> dict:
     "MSP and energy AUROC of the validation images against each OOD set `names`: round 16's `photo_patches` and the images inverted, round 22's `glyphs`"
@@ -459,8 +459,7 @@ def run_one(r, data, args):
     metrics.pop('_per_corruption', None); metrics.pop('clean_acc_2k', None)
     for k in [k for k in metrics if k.startswith('sev') and k != 'sev5_acc']: metrics.pop(k)
     if ROUNDS[args.round].get('logit_stats') and not data.is_valid: metrics.update(logit_stats(learn, data))
-    extra = ROUNDS[args.round].get('extra_ood')
-    if extra: metrics.update(extra_ood_metrics(learn, data, EXTRA_OOD if extra is True else extra))
+    if ROUNDS[args.round].get('extra_ood'): metrics.update(extra_ood_metrics(learn, data, ROUNDS[args.round]['extra_ood']))
     settings = {} if sem is None else dict(gamma=sem.gamma, standardize=str(sem.standardize), spatial=sem.spatial,
                                            distance=getattr(sem.distance, '__name__', str(sem.distance)).replace('_distance', ''))
     return dict(**r, **settings, n_train=len(data.x_train), **metrics, label_loss=rec.get('label_loss', np.nan),
@@ -551,7 +550,7 @@ def deltas(grid):
     """Per mixer, config and architecture, the differences to fastai's own mixer on validation, paired by seed: their
     mean (`d_*`) and standard deviation (`sd_*`) over the seeds both ran (`seeds`), and the rules' score"""
     # and round 16's further OOD sets where the grid has them
-    cols, rows = list(HARM_SIGN) + [c for n in (*EXTRA_OOD, 'glyphs') for c in (f'auroc_{n}', f'auroc_{n}_energy') if c in grid], []
+    cols, rows = list(HARM_SIGN) + [c for n in EXTRA_OOD22 for c in (f'auroc_{n}', f'auroc_{n}_energy') if c in grid], []
     for mix, (base, _) in BASE.items():
         for arch, g in grid.groupby('arch'):
             b = g[g['method'] == base].set_index('seed')[cols]
