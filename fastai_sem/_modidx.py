@@ -63,6 +63,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_sem.compare.evaluate_run': ('compare.html#evaluate_run', 'fastai_sem/compare.py'),
                                     'fastai_sem.compare.load_mnist_small': ('compare.html#load_mnist_small', 'fastai_sem/compare.py'),
                                     'fastai_sem.compare.noise_sentence': ('compare.html#noise_sentence', 'fastai_sem/compare.py'),
+                                    'fastai_sem.compare.ood_images': ('compare.html#ood_images', 'fastai_sem/compare.py'),
                                     'fastai_sem.compare.paired_differences': ('compare.html#paired_differences', 'fastai_sem/compare.py'),
                                     'fastai_sem.compare.permuted_images': ('compare.html#permuted_images', 'fastai_sem/compare.py')},
             'fastai_sem.corruptions': { 'fastai_sem.corruptions._accuracy': ('corruptions.html#_accuracy', 'fastai_sem/corruptions.py'),

@@ -377,7 +377,8 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
                lr:float=3e-3, # maximum learning rate
                size:int=None, # image size for a folder of images; default: the images' own size, at most 64
                seed:int=0, # random seed (weights, validation split, batch order, corruptions)
-               plot:str=None, # also save the plot of accuracy, corruption accuracy and ECE against γ to this image file
+               plot:str=None, # also save the plot of the measures against γ to this image file
+               ood:str='auto', # OOD images to score the validation images against: mnist (the shipped digits), permuted (pixel-permuted validation images), none, or auto: mnist for 28×28 greyscale, else permuted
               ):
     "Choose γ on the validation split: a short run per γ, its accuracy, robustness and calibration, and a suggested γ"
     try: gs = [float(g) for g in str(gammas).split(',')]
@@ -385,12 +386,14 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
     if any(not math.isfinite(g) or g < 0 for g in gs) or len(set(gs)) != len(gs):
         raise InputError(f"--gammas {gammas!r}: give different numbers, 0 or more, separated by commas")
     check_options(mix, None, None, epochs, bs, lr, size)
+    if ood not in ('auto', 'mnist', 'permuted', 'none'): raise InputError(f"--ood {ood!r}: give auto, mnist, permuted or none")
     check_arch(arch)
     import numpy as np
     _fastai()   # first, so that fastai is imported without torch's FutureWarning
     from fastai_sem.callback import SEMMixup
     from fastai_sem.data import load_fashion_small, arrays_dls, balanced_subset_idxs
     import fastai_sem.gamma_find   # Learner.gamma_find
+    from fastai_sem.compare import ood_images
     if path is None:
         x, y = load_fashion_small()[:2]
         valid = balanced_subset_idxs(y, 60, seed=seed)
@@ -399,8 +402,14 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
               "trained on the other 2,400")
         dls = arrays_dls(x[train], y[train], x[valid], y[valid], bs=bs or 128, seed=seed)
     else: dls = _load_folder(path, bs, size, epochs, seed)[0]
+    x_ood = None
+    if ood != 'none':
+        try: x_ood, what = ood_images(None if ood == 'auto' else ood, dls, seed)
+        except ValueError:   # only 'mnist' can fail here
+            raise InputError("--ood mnist: the MNIST digits fit only 28×28 greyscale images: use --ood permuted or none") from None
+        print(f"OOD detection: the validation images are scored against {what}")
     learn = make_learner(dls, arch, cbs=SEMMixup(mix=mix), seed=seed)
-    res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False)
+    res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False, ood=x_ood)
     print(f"\n{res}")
     if plot:
         res.plot().savefig(plot, dpi=100)
@@ -432,7 +441,8 @@ examples:
 
 _FIND_GAMMA_EPILOG = """One run of fit_one_cycle(EPOCHS) per value of --gammas, from the same initial weights. The suggested γ has
 the highest accuracy on corrupted validation images among those whose validation accuracy is within 0.01 of the
-best and whose validation ECE is at most 0.01 above γ 0's (see gamma_find in the docs).
+best and whose validation ECE is at most 0.01 above γ 0's (see gamma_find in the docs). The OOD AUROCs are
+reported for you to weigh; the rule does not use them.
 
 examples:
   fastai-sem find-gamma                       embedded Fashion-MNIST (γ chosen on 600 held-out training images)

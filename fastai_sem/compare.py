@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['MNIST_SMALL_FN', 'METRICS', 'load_mnist_small', 'permuted_images', 'evaluate_run', 'paired_differences',
+__all__ = ['MNIST_SMALL_FN', 'METRICS', 'load_mnist_small', 'permuted_images', 'ood_images', 'evaluate_run', 'paired_differences',
            'noise_sentence', 'Comparison', 'compare_sem']
 
 # %% ../nbs/07_compare.ipynb #ded80e70
@@ -63,6 +63,26 @@ def _seed_dls(dls, seed):
     if seed is not None:
         for i, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
 
+# %% ../nbs/07_compare.ipynb #d913084a
+def ood_images(
+    ood:str|np.ndarray|None, # 'mnist' (shipped digits), 'permuted' (derived from the validation images) or uint8 images; None: 'mnist' for 28×28 greyscale, else 'permuted'
+    dls:DataLoaders, # Image classification `DataLoaders` whose validation images the OOD images are scored against
+    seed:int=0, # Seed of the permutations of 'permuted'
+) -> tuple: # (uint8 images, what they are in words)
+    "The out-of-distribution images to score the validation images of `dls` against, and their description"
+    if ood is not None and not isinstance(ood, str): return np.asarray(ood), f'{len(ood):,} OOD images'
+    shape = valid_images(dls, 1)[0].shape[1:]   # one image per class is enough to see the images' shape
+    if ood is None: ood = 'mnist' if shape == (28, 28) else 'permuted'
+    if ood == 'mnist':
+        if shape != (28, 28):
+            raise ValueError(f"`ood`='mnist' needs 28×28 greyscale images, these are {shape}: use ood='permuted' or pass uint8 images")
+        x = load_mnist_small()[0]
+        return x, f'the {len(x):,} shipped MNIST digits'
+    if ood == 'permuted':
+        x = permuted_images(valid_images(dls)[0], seed)
+        return x, f'{len(x):,} pixel-permuted copies of them'
+    raise ValueError(f"`ood` must be 'mnist', 'permuted' or an array of uint8 images, got {ood!r}")
+
 # %% ../nbs/07_compare.ipynb #9e5076e4
 class _EvalData:
     "What every run is measured on: validation images, their corrupted subset, and the OOD images"
@@ -70,19 +90,7 @@ class _EvalData:
         x, y = valid_images(dls, n_per_class)
         self.corrupted = [corrupt(x, c, s, seed=seed) for c in corruptions for s in severities]
         self.y_sub, self.n_sub = y, len(y)
-        if ood is None: ood = 'mnist' if x.shape[1:] == (28, 28) else 'permuted'
-        if isinstance(ood, str):
-            if ood == 'mnist':
-                if x.shape[1:] != (28, 28):
-                    raise ValueError(f"`ood`='mnist' needs 28×28 greyscale images, these are {x.shape[1:]}: "
-                                     "use ood='permuted' or pass uint8 images")
-                self.ood = load_mnist_small()[0]
-                self.ood_name = f'the {len(self.ood):,} shipped MNIST digits'
-            elif ood == 'permuted':
-                self.ood = permuted_images(valid_images(dls)[0], seed)
-                self.ood_name = f'{len(self.ood):,} pixel-permuted copies of them'
-            else: raise ValueError(f"`ood` must be 'mnist', 'permuted' or an array of uint8 images, got {ood!r}")
-        else: self.ood, self.ood_name = np.asarray(ood), f'{len(ood):,} OOD images'
+        self.ood, self.ood_name = ood_images(ood, dls, seed)
 
 def evaluate_run(learn:Learner, data:_EvalData) -> dict:
     "Clean accuracy, corruption accuracy, OOD AUROC (MSP and energy) and ECE of a trained classifier"

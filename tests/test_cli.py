@@ -195,7 +195,8 @@ def test_find_gamma_command(digits, tmp_path):
     rc, out, err = fsem('find-gamma', digits, '--gammas', '0,1', '--epochs', '1', '--bs', '16', '--plot', 'g.png', cwd=tmp_path)
     assert rc == 0, err
     assert 'Traceback' not in err and '\r' not in out and '█' not in out, out + err
-    for word in ('accuracy', 'ece', 'corruption_acc', 'suggested γ = ', 'train with it: fastai-sem train'):
+    for word in ('accuracy', 'ece', 'corruption_acc', 'auroc_msp', 'auroc_energy', 'suggested γ = ', 'train with it: fastai-sem train',
+                 'scored against 40 pixel-permuted copies of them'):   # 32-px RGB digits: not MNIST's size, so permuted
         assert word in out, (word, out)
     suggested = float(out.split('suggested γ = ')[1].split(':')[0])
     assert suggested in (0., 1.), out
@@ -205,6 +206,15 @@ def test_find_gamma_command(digits, tmp_path):
 
 @pytest.mark.parametrize('args,words', [(('--gammas', '0,x'), ('--gammas', 'commas')), (('--gammas', '0,-1'), ('--gammas',)),
                                         (('--gammas', '1,1'), ('--gammas',)), (('--epochs', '0'), ('--epochs',)),
-                                        (('--arch', 'resnett18'), ('--arch',))])
+                                        (('--arch', 'resnett18'), ('--arch',)), (('--ood', 'svhn'), ('--ood', 'none'))])
 def test_find_gamma_bad_options(tmp_path, args, words):
     one_line_error(*fsem('find-gamma', *args, cwd=tmp_path), *words)
+
+
+
+def test_find_gamma_ood_options(digits, tmp_path):
+    "`--ood none` leaves the OOD columns out; `--ood mnist` refuses images that are not 28×28 greyscale, naming the option"
+    rc, out, err = fsem('find-gamma', digits, '--gammas', '0,1', '--epochs', '1', '--bs', '16', '--ood', 'none', cwd=tmp_path)
+    assert rc == 0, err
+    assert 'suggested γ = ' in out and 'auroc' not in out and 'OOD' not in out, out
+    one_line_error(*fsem('find-gamma', digits, '--ood', 'mnist', cwd=tmp_path), '--ood mnist', '28×28', '--ood permuted')
