@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-slow docs bench repro defaults-study clean-venv venv-install
+.PHONY: run test test-slow check-outputs docs bench repro defaults-study clean-venv venv-install
 
 # nbdev-export rewrites pyproject.toml (same content, new mtime): reinstall only when its content has changed.
 .venv/.done: pyproject.toml
@@ -47,6 +47,10 @@ test: .venv/.done .sysdeps.done
 test-slow: .venv/.done .sysdeps.done
 	$(BIN)/nbdev-test --flags slow --n-workers 2
 	$(BIN)/pytest -q -m slow
+
+## Re-execute the notebooks and print the code cells whose stored outputs differ from what the code gives now.
+check-outputs: .venv/.done .sysdeps.done
+	$(PY) tools/check_outputs.py
 
 docs: .venv/.done
 	$(PY) tools/build_docs.py
