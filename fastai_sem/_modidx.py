@@ -185,6 +185,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_sem.features._is_global_pool': ('features.html#_is_global_pool', 'fastai_sem/features.py'),
                                      'fastai_sem.features._is_pointwise_conv': ( 'features.html#_is_pointwise_conv',
                                                                                  'fastai_sem/features.py'),
+                                     'fastai_sem.features._untouched_buffers': ( 'features.html#_untouched_buffers',
+                                                                                 'fastai_sem/features.py'),
                                      'fastai_sem.features.feature_map_site': ('features.html#feature_map_site', 'fastai_sem/features.py'),
                                      'fastai_sem.features.forward_features': ('features.html#forward_features', 'fastai_sem/features.py'),
                                      'fastai_sem.features.penalty_site': ('features.html#penalty_site', 'fastai_sem/features.py'),

@@ -138,11 +138,26 @@ class FeatureCapture:
     def __exit__(self, *exc): self.remove()
 
 # %% ../nbs/01_features.ipynb #261c05b4
+_RUNNING_STATS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+def _untouched_buffers(model:nn.Module) -> dict:
+    "Buffers for a forward pass that changes none of the model's: copies, or None for the running statistics of BatchNorm"
+    bufs = {}
+    for prefix, m in model.named_modules():
+        # PyTorch's own BatchNorm forward, training on batch statistics, leaves alone running statistics it is given as
+        # None, and computes the same output: no copies to make (60 of them in a ResNet-18), no update to run.
+        # Layers with their own forward (SyncBatchNorm, timm's BatchNormAct2d) get copies
+        no_stats = (isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m).forward is nn.modules.batchnorm._BatchNorm.forward
+                    and m.training and m.track_running_stats)
+        for name, b in m.named_buffers(recurse=False):
+            bufs[f'{prefix}.{name}' if prefix else name] = None if no_stats and name in _RUNNING_STATS else b.clone()
+    return bufs
+
 def forward_features(model:nn.Module, site:FeatureSite, x:Tensor,
-                     keep_buffers:bool=False, # run on copies of the model's buffers, so BatchNorm's running statistics stay as they are
+                     keep_buffers:bool=False, # leave the model's buffers (BatchNorm's running statistics) as they are
                     ) -> Tensor:
     "h(`x`): run `model` on `x` and return the representation at `site`"
     with FeatureCapture(model, site) as capture:
-        if keep_buffers: torch.func.functional_call(model, {n: b.clone() for n, b in model.named_buffers()}, (x,))
+        if keep_buffers: torch.func.functional_call(model, _untouched_buffers(model), (x,))
         else: model(x)
     return capture.features
