@@ -21,6 +21,7 @@ def test_reports_and_writes_stale_outputs(tmp_path, capsys):
         ("print(1 + 1)", [stream('3\n')]),                                      # stale
         ("print('same')", [stream('same\n')]),                                 # up to date
         ("import warnings; warnings.warn('noise'); print(2)", [stream('2\n')]),  # a warning on stderr is not a change
+        ("#| eval: false\nraise SystemExit('not run, as nbdev does not run it')", [stream('kept\n')]),
     ])
     tool = load_script(ROOT / 'tools' / 'check_outputs.py')
     assert tool.check(nb, write=False) == 1
@@ -31,4 +32,5 @@ def test_reports_and_writes_stale_outputs(tmp_path, capsys):
     cells = json.loads(nb.read_text())['cells']
     assert [''.join(o['text']) for o in cells[0]['outputs']] == ['2\n']
     assert [''.join(o['text']) for o in cells[2]['outputs']] == ['2\n']        # the warning was not stored
+    assert [''.join(o['text']) for o in cells[3]['outputs']] == ['kept\n']     # not run, left as stored
     assert tool.check(nb, write=False) == 0
