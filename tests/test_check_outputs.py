@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _notebook(path, cells):
-    nb = {'cells': [dict(cell_type='code', metadata={}, execution_count=None, source=src, outputs=outs) for src, outs in cells],
+    lines = lambda src: src.splitlines(keepends=True)   # as notebooks store them
+    nb = {'cells': [dict(cell_type='code', metadata={}, execution_count=None, source=lines(src), outputs=outs) for src, outs in cells],
           'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
           'nbformat': 4, 'nbformat_minor': 5}
     path.write_text(json.dumps(nb))

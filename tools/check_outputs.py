@@ -11,7 +11,7 @@ then read the prose beside every changed cell, and run `nbdev-clean`.
     .venv/bin/python tools/check_outputs.py                       # every notebook under nbs/ (about 10 min on 2 cores)
     .venv/bin/python tools/check_outputs.py nbs/tutorials/05_robustness_and_ood.ipynb --write
 """
-import argparse, copy, difflib, json, re, sys
+import argparse, difflib, json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def check(nb_path: Path, write: bool) -> int:
     import nbformat
     from nbclient import NotebookClient
     stored = json.loads(nb_path.read_text(encoding='utf-8'))
-    fresh = nbformat.from_dict(copy.deepcopy(stored))
+    fresh = nbformat.reads(nb_path.read_text(encoding='utf-8'), as_version=4)   # sources joined into strings
     for c in fresh.cells:   # as nbdev runs them: cells marked `eval: false` are not run (their outputs are compared as they are)
         if c.cell_type == 'code' and re.search(r'^\s*#\|\s*eval:\s*false', c.source, re.M): c.source = ''
     try: NotebookClient(fresh, timeout=1800, resources={'metadata': {'path': str(nb_path.parent)}}).execute()
