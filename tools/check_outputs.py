@@ -8,7 +8,7 @@ differ on every run: read past them.
 With --write the fresh outputs replace the stored ones (warnings on stderr are dropped; markdown is kept as it is):
 then read the prose beside every changed cell, and run `nbdev-clean`.
 
-    .venv/bin/python tools/check_outputs.py                       # every notebook under nbs/ (about 10 min on 2 cores)
+    .venv/bin/python tools/check_outputs.py                       # every notebook under nbs/ (about 12 min on 2 cores)
     .venv/bin/python tools/check_outputs.py nbs/tutorials/05_robustness_and_ood.ipynb --write
 """
 import argparse, difflib, json, re, sys
