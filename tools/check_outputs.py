@@ -2,16 +2,16 @@
 
 The docs site shows the outputs stored in the notebooks (it executes nothing), and `make test` runs the notebooks
 without comparing their outputs, so a change that moves a result leaves the pages showing the old one, and their
-prose reading it. This re-executes each notebook in memory, from its own folder and as nbdev does (cells marked
-`eval: false` are not run), and prints, per code cell whose text outputs changed, the lines that differ. Timings
-differ on every run: read past them.
+prose reading it. This re-executes each notebook in memory, from its own folder, running the cells nbdev's tests
+run (`nb_test_cells`: slow ones included, not those marked `eval: false`), and prints, per code cell whose text
+outputs changed, the lines that differ. Timings differ on every run: read past them.
 With --write the fresh outputs replace the stored ones (warnings on stderr are dropped; markdown is kept as it is):
 then read the prose beside every changed cell, and run `nbdev-clean`.
 
     .venv/bin/python tools/check_outputs.py                       # every notebook under nbs/ (about 12 min on 2 cores)
     .venv/bin/python tools/check_outputs.py nbs/tutorials/05_robustness_and_ood.ipynb --write
 """
-import argparse, difflib, json, re, sys
+import argparse, difflib, json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +34,12 @@ def check(nb_path: Path, write: bool) -> int:
     "Execute `nb_path`, print the changed cells; return their number (-1 if it did not run)"
     import nbformat
     from nbclient import NotebookClient
+    from nbdev.test import nb_test_cells
     stored = json.loads(nb_path.read_text(encoding='utf-8'))
     fresh = nbformat.reads(nb_path.read_text(encoding='utf-8'), as_version=4)   # sources joined into strings
-    for c in fresh.cells:   # as nbdev runs them: cells marked `eval: false` are not run (their outputs are compared as they are)
-        if c.cell_type == 'code' and re.search(r'^\s*#\|\s*eval:\s*false', c.source, re.M): c.source = ''
+    runs = {c.idx_ for c in nb_test_cells(nb_path)}   # the cells `nbdev-test --flags slow` runs (not `eval: false` ones)
+    for i, c in enumerate(fresh.cells):
+        if c.cell_type == 'code' and i not in runs: c.source = ''   # not run: its stored outputs are left as they are
     try: NotebookClient(fresh, timeout=1800, resources={'metadata': {'path': str(nb_path.parent)}}).execute()
     except Exception as e:
         print(f"{_name(nb_path)}: did not run\n{str(e)[-2000:]}")
