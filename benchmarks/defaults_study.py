@@ -316,13 +316,30 @@ ROUNDS[26] = dict(ROUNDS[21], suffix='26', extra_ood=EXTRA_OOD22)
 # test images against MNIST and the glyphs, for the same check as rounds 25-26 at that length
 ROUNDS[27] = dict(ROUNDS[9], suffix='27', default={}, extra_ood=EXTRA_OOD22)
 ROUNDS[28] = dict(ROUNDS[9], suffix='28', extra_ood=EXTRA_OOD22)
+# round 29 (`--grid --select --round 29`, extends round 2's grid files) chooses nothing: every earlier round stopped the
+# gradient at the target λ·h(x) + (1−λ)·h(x[perm]) (`detach_target=True`, the library's default), so the penalty moved only
+# h(x̃). With `detach_target=False` it also moves the clean representations towards mixing linearly, at the price of a
+# backward pass through the clean pass. Round 3's default γ 0.03 (scale-free, pooled) with the gradient through the target,
+# for both mixers, both architectures, three seeds, through round 3's no-harm rule beside round 3's configurations
+CONFIGS29 = {'through-target γ=0.03': dict(standardize='global', gamma=.03, detach_target=False)}
+ROUNDS[29] = dict(configs={**CONFIGS2, **CONFIGS29}, resnet=('global γ=0.1', 'global γ=0.03', *CONFIGS29),
+                  cnn_mixup=('global γ=0.1', 'global γ=0.03', *CONFIGS29), cnn_cutmix=('global γ=0.1', 'global γ=0.03', *CONFIGS29),
+                  suffix='29', grid_suffix='2', sem=SEMMixup, default={}, rule='no_harm', test=False)
+# round 30 (`--grid --select --round 30`, extends round 2's grid files) chooses nothing: in fastai's head h (the input of
+# the last Linear, looked through its Dropout) still follows a Dropout(0.25) two layers earlier, so h is random in
+# training and the penalty also measures dropout noise, which the CNN (no dropout) does not have. Round 3's default γ
+# with h read before the head's first dropout (`layer='1.2'`, the BatchNorm1d after the pooled body features), both
+# mixers, the ResNet only, three seeds, through round 3's no-harm rule beside round 3's ResNet configurations
+CONFIGS30 = {'pre-dropout γ=0.03': dict(standardize='global', gamma=.03, layer='1.2')}
+ROUNDS[30] = dict(configs={**CONFIGS2, **CONFIGS30}, archs=('resnet18',), resnet=('global γ=0.1', 'global γ=0.03', *CONFIGS30),
+                  cnn_mixup=(), cnn_cutmix=(), suffix='30', grid_suffix='2', sem=SEMMixup, default={}, rule='no_harm', test=False)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
               14: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 15: {'cnn': (0, 1, 2)}, 16: {'cnn': (0, 1, 2)},
               17: {'cnn': (0, 1, 2)}, 18: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               19: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 22: {'cnn': (0, 1, 2)}, 23: {'cnn': (0, 1, 2)},
-              24: {'resnet18': (0, 1, 2)}}   # round 6 has no grid
+              24: {'resnet18': (0, 1, 2)}, 29: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 30: {'resnet18': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -631,7 +648,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -668,7 +685,7 @@ def main(argv=None):
         d.to_csv(out/f'defaults_deltas{sfx}.csv', index=False)
         print(d.drop(columns='score').to_string(index=False, float_format=lambda v: f'{v:+.4f}'))
     elif (args.select or args.smoke) and rule == 'no_harm':
-        per_arch, table, chosen = select_no_harm(grid, rnd['configs'], n_archs=len(args.archs),
+        per_arch, table, chosen = select_no_harm(grid, rnd['configs'], n_archs=len([a for a in args.archs if a in rnd.get('archs', ARCHS)]),
                                                  n_seeds=1 if args.smoke else 3)
         table['chosen'] = [chosen.get(m, (None,))[0] == c for m, c in zip(table['mix'], table['config'])]
         per_arch.to_csv(sel_fn, index=False)

@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-21 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-30 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -258,6 +258,41 @@ def test_rounds_22_and_23_rerun_the_cnn_runs_of_rounds_18_and_16_17_scored_also_
     monkeypatch.setattr(study, 'glyphs', lambda: x)
     res = study.extra_ood_metrics(SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test=x_valid), ('glyphs',))
     assert res == {'auroc_glyphs': 1.0, 'auroc_glyphs_energy': 1.0}
+
+def test_round_29_is_round_3s_default_with_the_gradient_through_the_target(study, tmp_path):
+    with pytest.raises(SystemExit, match='no test table'): study.main(['--test', '--round', '29', '--out-dir', str(tmp_path)])
+    key = lambda r: (r['phase'], r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs29, runs3 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (29, 3))
+    new = {key(r) for r in runs29} - {key(r) for r in runs3}
+    assert new == {('valid2', a, f'SEM+{m}', 'through-target γ=0.03', s, e) for m in ('mixup', 'cutmix')
+                   for a, e in (('cnn', 5), ('resnet18', 4)) for s in (0, 1, 2)}
+    assert {key(r) for r in runs3} <= {key(r) for r in runs29}   # judged beside round 3's runs, which it shares
+    for mix in ('mixup', 'cutmix'):
+        (sem,), (sem3,) = (study.make_cbs(f'SEM+{mix}', c, study.ROUNDS[29]) for c in ('through-target γ=0.03', 'global γ=0.03'))
+        assert not sem.detach_target and sem3.detach_target
+        assert (sem.gamma, sem.standardize, sem.spatial) == (sem3.gamma, sem3.standardize, sem3.spatial) == (.03, 'global', False)
+    # round 3's selection does not see round 29's runs, which share its files
+    assert 'through-target γ=0.03' not in {r['config'] for r in runs3}
+
+
+def test_round_30_reads_the_resnets_h_before_its_heads_dropouts(study, tmp_path):
+    from fastai.vision.all import create_body, create_head, nn
+    from torchvision.models import resnet18
+    from fastai_sem.features import penalty_site
+    key = lambda r: (r['phase'], r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs30, runs3 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (30, 3))
+    assert {key(r) for r in runs30} - {key(r) for r in runs3} == {
+        ('valid2', 'resnet18', f'SEM+{m}', 'pre-dropout γ=0.03', s, 4) for m in ('mixup', 'cutmix') for s in (0, 1, 2)}
+    assert {r['arch'] for r in runs30} == {'resnet18'}
+    sem, = study.make_cbs('SEM+cutmix', 'pre-dropout γ=0.03', study.ROUNDS[30])
+    assert (sem.gamma, sem.standardize, sem.spatial) == (.03, 'global', False)
+    # in vision_learner's model, '1.2' is the head's BatchNorm1d on the pooled body features, before any dropout
+    model = nn.Sequential(create_body(resnet18(), n_in=1, pretrained=False), create_head(512, 10))
+    head = list(model[1])
+    site = penalty_site(model, sem.layer)
+    assert site.module is head[2] and isinstance(site.module, nn.BatchNorm1d) and not site.use_input
+    assert not any(isinstance(m, nn.Dropout) for m in head[:3]) and isinstance(head[3], nn.Dropout)
+
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
     "`run_one` fits for the run's `epochs` (round 7's 20), not the architecture's usual number"
