@@ -275,7 +275,7 @@ def test_round_29_is_round_3s_default_with_the_gradient_through_the_target(study
     assert 'through-target γ=0.03' not in {r['config'] for r in runs3}
 
 
-def test_round_30_reads_the_resnets_h_before_its_heads_dropouts(study, tmp_path):
+def test_round_30_reads_the_resnets_h_before_its_heads_dropouts(study):
     from fastai.vision.all import create_body, create_head, nn
     from torchvision.models import resnet18
     from fastai_sem.features import penalty_site
