@@ -70,12 +70,11 @@ class CutMixMixer(Mixer):
     def __init__(self, alpha:float=1.): self.alpha = check_alpha(alpha)
 
     def box(self, H:int, W:int) -> tuple:
-        "A random box `(y1, y2, x1, x2)` covering about 1−λ of an H×W image, clipped to it"
-        cut = math.sqrt(1 - sample_lam(self.alpha, 1).item())
-        h, w = round(H*cut), round(W*cut)
-        cy, cx = torch.randint(H, ()).item(), torch.randint(W, ()).item()
-        y1, x1 = max(cy - h//2, 0), max(cx - w//2, 0)
-        return y1, min(cy - h//2 + h, H), x1, min(cx - w//2 + w, W)
+        "A random box `(y1, y2, x1, x2)` covering about 1−λ of an H×W image, clipped to it: fastai's `CutMix.rand_bbox`"
+        cut = torch.sqrt(1 - sample_lam(self.alpha, 1))   # float32, as fastai rounds it
+        h, w = int(torch.round(H*cut)), int(torch.round(W*cut))
+        cx, cy = torch.randint(W, ()).item(), torch.randint(H, ()).item()
+        return max(cy - h//2, 0), min(cy + h//2, H), max(cx - w//2, 0), min(cx + w//2, W)
 
     def mix(self, x, perm):
         if x.ndim < 3: raise ValueError(f"CutMix needs images shaped (bs, ..., H, W), got a batch of shape {tuple(x.shape)}")

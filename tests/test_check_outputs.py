@@ -35,3 +35,14 @@ def test_reports_and_writes_stale_outputs(tmp_path, capsys):
     assert [''.join(o['text']) for o in cells[2]['outputs']] == ['2\n']        # the warning was not stored
     assert [''.join(o['text']) for o in cells[3]['outputs']] == ['kept\n']     # not run, left as stored
     assert tool.check(nb, write=False) == 0
+
+
+def test_a_figure_drawn_from_other_data_is_a_change(tmp_path, capsys):
+    png = lambda data: dict(output_type='display_data', metadata={}, data={'image/png': data, 'text/plain': '<Figure>'})
+    show = "from IPython.display import display; display({'image/png': %r, 'text/plain': '<Figure>'}, raw=True)"
+    nb = _notebook(tmp_path / 'fig.ipynb', [(show % 'bmV3', [png('b2xk')]), (show % 'c2FtZQ==', [png('c2FtZQ==')])])
+    tool = load_script(ROOT / 'tools' / 'check_outputs.py')
+    assert tool.check(nb, write=True) == 1   # the same text/plain, another image
+    assert 'cell 0' in capsys.readouterr().out
+    assert json.loads(nb.read_text())['cells'][0]['outputs'][0]['data']['image/png'] == 'bmV3'
+    assert tool.check(nb, write=False) == 0

@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-30 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-31 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -292,6 +292,16 @@ def test_round_30_reads_the_resnets_h_before_its_heads_dropouts(study):
     site = penalty_site(model, sem.layer)
     assert site.module is head[2] and isinstance(site.module, nn.BatchNorm1d) and not site.use_input
     assert not any(isinstance(m, nn.Dropout) for m in head[:3]) and isinstance(head[3], nn.Dropout)
+
+
+def test_round_31_reruns_round_3s_cutmix_runs_with_fastais_box_in_its_own_files(study):
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs31, runs3 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (31, 3))
+    cutmix3 = {key(r) for r in runs3 if r['method'] in ('CutMix', 'SEM+cutmix')}
+    assert {key(r) for r in runs31} == cutmix3 | {(a, 'SEM+cutmix', 'γ=0', s, e) for a, e in (('cnn', 5), ('resnet18', 4)) for s in (0, 1, 2)}
+    assert {r['phase'] for r in runs31} == {'valid31'} and len(runs31) == 24
+    sem, = study.make_cbs('SEM+cutmix', 'γ=0', study.ROUNDS[31])
+    assert sem.gamma == 0 and type(sem.mixer).__name__ == 'CutMixMixer'
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):

@@ -4,24 +4,26 @@ The docs site shows the outputs stored in the notebooks (it executes nothing), a
 without comparing their outputs, so a change that moves a result leaves the pages showing the old one, and their
 prose reading it. This re-executes each notebook in memory, from its own folder, running the cells nbdev's tests
 run (`nb_test_cells`: slow ones included, not those marked `eval: false`), and prints, per code cell whose text
-outputs changed, the lines that differ. Timings differ on every run: read past them.
+outputs or figures changed, the lines that differ (a figure as a digest of its PNG). Timings differ on every run: read past them.
 With --write the fresh outputs replace the stored ones (warnings on stderr are dropped; markdown is kept as it is):
 then read the prose beside every changed cell, and run `nbdev-clean`.
 
     .venv/bin/python tools/check_outputs.py                       # every notebook under nbs/ (about 12 min on 2 cores)
     .venv/bin/python tools/check_outputs.py nbs/tutorials/05_robustness_and_ood.ipynb --write
 """
-import argparse, difflib, json
+import argparse, difflib, hashlib, json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 def text_outputs(cell) -> list:
-    "The text a code cell shows: streams, plain-text results and error names, line by line (HTML progress bars left out)"
+    """What a code cell shows: streams, plain-text results and error names, line by line (HTML progress bars left out),
+    and a digest of each PNG image, so that a figure drawn from other data counts as changed"""
     lines = []
     for o in cell.get('outputs', []):
         t = o.get('text') or o.get('data', {}).get('text/plain')
         if t and 'fastprogress' not in ''.join(t): lines += ''.join(t).splitlines()
+        if png := o.get('data', {}).get('image/png'): lines.append(f"image/png {hashlib.sha1(''.join(png).encode()).hexdigest()[:12]}")
         if o.get('output_type') == 'error': lines.append(f"error: {o.get('ename')}: {o.get('evalue')}")
     return lines
 
