@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def text_outputs(cell) -> list:
+def shown_lines(cell) -> list:
     """What a code cell shows: streams, plain-text results and error names, line by line (HTML progress bars left out),
     and a digest of each PNG image, so that a figure drawn from other data counts as changed"""
     lines = []
@@ -50,7 +50,7 @@ def check(nb_path: Path, write: bool) -> int:
     for i, (old, new) in enumerate(zip(stored['cells'], fresh['cells'])):
         if old['cell_type'] != 'code' or not new['source']: continue
         new['outputs'] = [o for o in new.get('outputs', []) if not is_warning(o)]
-        a, b = text_outputs(old), text_outputs(new)
+        a, b = shown_lines(old), shown_lines(new)
         if a == b: continue
         changed += 1
         head = ''.join(old['source']).strip().splitlines()[:1]
