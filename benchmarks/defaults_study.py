@@ -341,6 +341,10 @@ ROUNDS[30] = dict(configs={**CONFIGS2, **CONFIGS30}, archs=('resnet18',), resnet
 ROUNDS[31] = dict(configs={**CONFIGS2, 'γ=0': dict(gamma=0.)}, resnet=('γ=0', 'global γ=0.1', 'global γ=0.03'),
                   cnn_mixup=(), cnn_cutmix=('γ=0', 'global γ=0.1', 'global γ=0.03'), mixes=('cutmix',), suffix='31',
                   sem=SEMMixup, default={}, rule='no_harm', test=False)
+# round 32 (`--test --round 32`) chooses nothing yet: the test table at round 31's choice, SEMMixup(mix='cutmix', gamma=0.03)
+# with fastai's box, both architectures, seeds 0-2, beside round 1's fastai CutMix rows
+ROUNDS[32] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), test_methods=('SEM+cutmix',), suffix='32',
+                  sem=SEMMixup, default=dict(gamma=.03), grid=False)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
@@ -657,7 +661,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head; 31: CutMix with the box of fastai (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head; 31: CutMix with the box of fastai; 32: its test table at γ 0.03 (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:

@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-31 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-32 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -302,6 +302,15 @@ def test_round_31_reruns_round_3s_cutmix_runs_with_fastais_box_in_its_own_files(
     assert {r['phase'] for r in runs31} == {'valid31'} and len(runs31) == 24
     sem, = study.make_cbs('SEM+cutmix', 'γ=0', study.ROUNDS[31])
     assert sem.gamma == 0 and type(sem.mixer).__name__ == 'CutMixMixer'
+
+
+def test_round_32_is_the_test_table_of_sem_cutmix_at_gamma_0_03(study, tmp_path):
+    with pytest.raises(SystemExit, match='no grid'): study.main(['--grid', '--round', '32', '--out-dir', str(tmp_path)])
+    runs = study.test_runs(study.parse_args(['--test', '--round', '32']))
+    assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config'], r['seed']) for r in runs} == {
+        ('test32', a, e, 'SEM+cutmix', 'default', s) for a, e in (('cnn', 5), ('resnet18', 4)) for s in (0, 1, 2)}
+    sem, = study.make_cbs('SEM+cutmix', 'default', study.ROUNDS[32])
+    assert (sem.gamma, sem.standardize, sem.spatial, type(sem.mixer).__name__) == (.03, 'global', False, 'CutMixMixer')
 
 
 def test_a_run_trains_for_its_own_epochs(study, monkeypatch):
