@@ -154,7 +154,8 @@ CONFIGS2 = {
 }
 # each round's SEM callback and what its test table's 'default' meant: round 1 ran with the clean pass that updated
 # BatchNorm's statistics and chose γ 0.3, so it is pinned to both and still reproduces; round 2 is pinned to its
-# choice, γ 0.1; round 3's test table is the library's defaults as they are
+# choice, γ 0.1; round 3's test table is the library's defaults with MixUp and its own choice, γ 0, with CutMix
+# (`cutmix_default`), which CutMix's default stayed until round 31 chose γ 0.03
 ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_CONFIGS, suffix='',
                   sem=R.CleanPassUpdatesBNStats, default=dict(standardize='global', spatial=False, gamma=.3)),
           2: dict(configs=CONFIGS2, resnet=('global γ=0.1', 'cosine γ=0.3'), suffix='2',
@@ -167,7 +168,7 @@ ROUNDS = {1: dict(configs=CONFIGS, resnet=RESNET_CONFIGS, cnn_cutmix=CNN_CUTMIX_
 # the current default (γ 0.1) and a smaller γ, and applies the no-harm rule (`select_no_harm`), fixed before it ran.
           3: dict(configs=CONFIGS2, resnet=('global γ=0.1', 'global γ=0.03'), cnn_mixup=('global γ=0.1', 'global γ=0.03'),
                   cnn_cutmix=('global γ=0.1', 'global γ=0.03'), suffix='3', grid_suffix='2', sem=SEMMixup, default={},
-                  rule='no_harm')}
+                  cutmix_default=dict(gamma=0.), rule='no_harm')}
 
 
 class ClassifierSubspaceMSE:
@@ -445,7 +446,8 @@ def make_cbs(method, config, rnd=ROUNDS[2]):
     if method == 'MixUp': return [MixUp(0.4)]
     if method == 'CutMix': return [CutMix(1.0)]
     mix = method.split('+')[1]
-    kw = dict(rnd['default'] if config == 'default' else rnd['configs'][config])
+    default = rnd.get('cutmix_default', rnd['default']) if mix == 'cutmix' else rnd['default']
+    kw = dict(default if config == 'default' else rnd['configs'][config])
     if kw.get('distance') in ('nullspace', 'rowspace'): kw['distance'] = ClassifierSubspaceMSE(kw['distance'])
     return [rnd['sem'](mix=mix, **kw)]
 

@@ -319,7 +319,7 @@ def results_table(res, # the DataFrame `run_training` returns
 @call_parse(pos=['path'])
 def train(path:str=None, # folder of images (see the layouts below); default: the embedded Fashion-MNIST subset
           mix:str='mixup', # mixer: mixup, cutmix or switch (one of the two, per batch)
-          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (MixUp 0.03, CutMix 0)
+          gamma:float=None, # weight γ of the SEM penalty, 0 or more (0: plain mixing); default: SEMMixup's (0.03)
           alpha:float=None, # Beta(alpha, alpha) of λ; default: 0.4 for mixup, 1.0 for cutmix
           epochs:int=None, # epochs of fit_one_cycle; default: enough for about 400 steps (3 to 20)
           arch:str='cnn', # cnn (a small CNN), a torchvision name (resnet18, …) or a timm name; pretrained=False
@@ -346,16 +346,12 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
             lr:float=1e-2, # maximum learning rate
             size:int=None, # image size for a folder of images; default: the images' own size, at most 64
             seed:int=0, # first random seed
-            gamma:float=None, # SEM's γ; default: SEMMixup's for the mixer (MixUp 0.03; CutMix 0, so give one)
+            gamma:float=None, # SEM's γ; default: SEMMixup's (0.03)
            ):
     "Compare SEM at its defaults with the plain mixer over several seeds: accuracy, robustness, OOD detection, calibration, time"
     check_options(mix, gamma, None, epochs, bs, lr, size)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2: raise InputError(f"--seeds {seeds!r}: give 2 or more")
     _fastai()   # first, so that fastai is imported without torch's FutureWarning
-    from fastai_sem.step import default_gamma
-    if gamma is None and default_gamma(mix) == 0:
-        raise InputError(f"SEMMixup's default γ with --mix {mix} is 0 (the plain {mix}: no γ tried helped on our "
-                         f"validation runs), so there is nothing to compare: give --gamma, e.g. --gamma 0.1")
     check_arch(arch)
     from fastai_sem.compare import compare_sem
     dls = None
@@ -436,7 +432,7 @@ then SEM minus the plain mixer seed by seed, and which of those differences exce
 
 examples:
   fastai-sem compare                          embedded Fashion-MNIST, small CNN, 3 seeds (what make run does)
-  fastai-sem compare --mix cutmix --gamma 0.1  CutMix's default γ is 0, so give one
+  fastai-sem compare --mix cutmix --gamma 0.1  SEM on CutMix, at a γ above the default
   fastai-sem compare PATH --seeds 5           your images (layouts as in train --help)"""
 
 _FIND_GAMMA_EPILOG = """One run of fit_one_cycle(EPOCHS) per value of --gammas, from the same initial weights. The suggested γ has

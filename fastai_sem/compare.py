@@ -193,8 +193,6 @@ def compare_sem(
     sem_cb = lambda: SEMMixup(mix=mix, **sem_kwargs)
     plain_kw = {k: v for k, v in sem_kwargs.items() if k != 'gamma'}
     sem_gamma = sem_cb().gamma   # also checks the settings before anything is trained
-    if sem_gamma == 0 and 'gamma' not in sem_kwargs:
-        raise ValueError(f"`gamma`: SEMMixup's default γ with mix={mix!r} is 0, so both methods would be the plain mixer: pass `gamma`")
     names = ('SEM', f'plain {mix}' if isinstance(mix, str) else 'plain mixer')
     if progress is None: progress = sys.stdout.isatty()
     if dls is None:

@@ -184,8 +184,7 @@ def test_compare_command(digits, tmp_path):
 
 
 @pytest.mark.parametrize('args,words', [(('--seeds', '1'), ('--seeds', '2 or more')), (('--lr', '0'), ('--lr',)),
-                                        (('--mix', 'mixupp'), ('--mix',)),
-                                        (('--mix', 'cutmix'), ('--gamma', 'default γ'))])
+                                        (('--mix', 'mixupp'), ('--mix',)), (('--gamma', '-1'), ('--gamma',))])
 def test_compare_bad_options(tmp_path, args, words):
     one_line_error(*fsem('compare', *args, cwd=tmp_path), *words)
 

@@ -65,15 +65,24 @@ def test_no_harm_rule_needs_both_architectures(study):
     assert study.select_no_harm(grid, CONFIGS)[2]['mixup'][0] == 'small'
 
 
-def test_library_defaults_are_what_the_committed_evidence_selects(study):
-    "`DEFAULT_GAMMA` must be round 3's choice on the committed validation grid (γ 0 where every configuration did harm)"
-    args = study.parse_args(['--select', '--round', '3'])
-    grid = study.own_grid(study.read_all(study.RESULTS / 'defaults_grid2.csv'), args)
-    _, _, chosen = study.select_no_harm(grid, study.ROUNDS[3]['configs'])
-    for mix in ('mixup', 'cutmix'):
-        config = chosen[mix][0]
-        assert DEFAULT_GAMMA[mix] == (0. if config is None else study.ROUNDS[3]['configs'][config]['gamma'])
-        assert default_gamma(mix) == DEFAULT_GAMMA[mix]
+@pytest.mark.parametrize('mix,rnd,grid_file', [('mixup', 3, 'defaults_grid2.csv'), ('cutmix', 31, 'defaults_grid31.csv')])
+def test_library_defaults_are_what_the_committed_evidence_selects(study, mix, rnd, grid_file):
+    "`DEFAULT_GAMMA` must be the no-harm rule's choice on the committed validation grid: MixUp's round 3, CutMix's round 31"
+    args = study.parse_args(['--select', '--round', str(rnd)])
+    grid = study.own_grid(study.read_all(study.RESULTS / grid_file), args)
+    _, _, chosen = study.select_no_harm(grid, study.ROUNDS[rnd]['configs'])
+    config = chosen[mix][0]
+    settings = dict(study.ROUNDS[rnd]['configs'][config])
+    assert DEFAULT_GAMMA[mix] == settings.pop('gamma')
+    assert settings == {'standardize': 'global'}   # and SEMMixup's other defaults: the pooled mse penalty
+    assert default_gamma(mix) == DEFAULT_GAMMA[mix]
+
+
+def test_round_3s_test_table_keeps_its_own_cutmix_choice(study):
+    "Round 3 chose γ 0 for CutMix; its test table reruns that, not the library's later CutMix default"
+    assert [study.make_cbs('SEM+cutmix', 'default', study.ROUNDS[3])[0].gamma,
+            study.make_cbs('SEM+mixup', 'default', study.ROUNDS[3])[0].gamma] == [0., default_gamma('mixup')]
+    assert study.make_cbs('SEM+cutmix', 'default', study.ROUNDS[20])[0].gamma == default_gamma('cutmix') > 0
 
 
 def test_classifier_subspace_distances_split_the_mse(study):
