@@ -334,7 +334,7 @@ ROUNDS[29] = dict(configs={**CONFIGS2, **CONFIGS29}, resnet=('global γ=0.1', 'g
 CONFIGS30 = {'pre-dropout γ=0.03': dict(standardize='global', gamma=.03, layer='1.2')}
 ROUNDS[30] = dict(configs={**CONFIGS2, **CONFIGS30}, archs=('resnet18',), resnet=('global γ=0.1', 'global γ=0.03', *CONFIGS30),
                   cnn_mixup=(), cnn_cutmix=(), suffix='30', grid_suffix='2', sem=SEMMixup, default={}, rule='no_harm', test=False)
-# round 31 (`--grid --select --round 31`, its own files) chooses nothing: every earlier round drew SEMMixup's CutMix boxes
+# round 31 (`--grid --select --round 31`, its own files) chose CutMix's default, γ 0.03: every earlier round drew SEMMixup's CutMix boxes
 # of side round(side·sqrt(1−λ)), up to a pixel wider than fastai's CutMix, which spans half the side rounded down on each
 # side of the centre (as the paper's code and timm do): 32.1% of the pixels pasted on average at 28 px, against 30.8%.
 # `CutMixMixer` now draws fastai's box. Round 3's CutMix runs again with it, beside fastai's CutMix and SEM at γ 0,
@@ -342,8 +342,9 @@ ROUNDS[30] = dict(configs={**CONFIGS2, **CONFIGS30}, archs=('resnet18',), resnet
 ROUNDS[31] = dict(configs={**CONFIGS2, 'γ=0': dict(gamma=0.)}, resnet=('γ=0', 'global γ=0.1', 'global γ=0.03'),
                   cnn_mixup=(), cnn_cutmix=('γ=0', 'global γ=0.1', 'global γ=0.03'), mixes=('cutmix',), suffix='31',
                   sem=SEMMixup, default={}, rule='no_harm', test=False)
-# round 32 (`--test --round 32`) chooses nothing yet: the test table at round 31's choice, SEMMixup(mix='cutmix', gamma=0.03)
-# with fastai's box, both architectures, seeds 0-2, beside round 1's fastai CutMix rows
+# round 32 (`--test --round 32`): the test table at round 31's choice, SEMMixup(mix='cutmix', gamma=0.03) with fastai's
+# box, both architectures, seeds 0-2, beside round 1's fastai CutMix rows: no harm beyond seed noise, so γ 0.03 became
+# CutMix's default
 ROUNDS[32] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), test_methods=('SEM+cutmix',), suffix='32',
                   sem=SEMMixup, default=dict(gamma=.03), grid=False)
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
