@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-slow check-outputs docs bench repro defaults-study clean-venv venv-install
+.PHONY: run test test-slow check-outputs docs bench repro defaults-study untuned-data clean-venv venv-install
 
 # nbdev-export rewrites pyproject.toml (same content, new mtime): reinstall only when its content has changed.
 .venv/.done: pyproject.toml
@@ -63,6 +63,11 @@ repro: .venv/.done .sysdeps.done
 
 clean-venv:
 	rm -rf .venv .sysdeps.done
+
+## SEM at its defaults on data they were not chosen on (MNIST-5k, scikit-learn's digits): the small CNN and ResNet-18.
+untuned-data: .venv/.done .sysdeps.done
+	$(PY) benchmarks/untuned_data.py --threads 1
+	$(PY) benchmarks/untuned_data.py --threads 1 --archs resnet18
 
 ## How SEMMixup's defaults were chosen (validation grid, selection, test table): hours of CPU; see its --help.
 defaults-study: .venv/.done .sysdeps.done

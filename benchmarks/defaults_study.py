@@ -224,7 +224,7 @@ ROUNDS[7] = dict(configs={**CONFIGS2, **CONFIGS5}, archs=('cnn',), epochs={'cnn'
 ROUNDS[7]['deltas_of'] = ROUNDS[7]['cnn_mixup'] + ROUNDS[7]['cnn_cutmix']
 # round 8 (`--test --round 8`) chooses nothing: round 7 found SEM's effects with MixUp larger at 20 epochs, so the
 # CNN's test table at 4× the epochs, fastai's MixUp against SEMMixup(mix='mixup') at the library's defaults
-# (CutMix's default is γ 0, the plain CutMix), three seeds
+# (CutMix's default was then γ 0, the plain CutMix), three seeds
 ROUNDS[8] = dict(configs={}, resnet=(), cnn_mixup=(), cnn_cutmix=(), mixes=(), archs=('cnn',), epochs={'cnn': 20},
                  test_methods=('MixUp', 'SEM+mixup'), suffix='8', sem=SEMMixup, default={}, grid=False)
 # round 9 (`--test --round 9`) chooses nothing: round 8's SEM runs at γ 0, to tell what the penalty does at 20 epochs
