@@ -32,6 +32,10 @@ def test_digits_are_upscaled_to_28_pixel_uint8_images(script):
     assert len(x_tr) + len(x_va) == 1797 and abs(len(x_va) - 0.2*1797) < 10
 
 
+def test_any_ece_needs_gamma_find(script):
+    with pytest.raises(SystemExit): script.parse_args(['--any-ece'])
+
+
 def test_smoke_run_compares_the_default_gamma_with_gamma_0_on_both_datasets(script, tmp_path, capsys):
     script.main(['--smoke', '--out-dir', str(tmp_path), '--mixes', 'cutmix', '--threads', '1'])
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -43,4 +47,38 @@ def test_smoke_run_compares_the_default_gamma_with_gamma_0_on_both_datasets(scri
         assert runs[['clean_acc', 'corruption_acc', 'auroc_msp', 'auroc_energy', 'ece']].notna().all().all()
     table = script.summary(tmp_path)
     assert list(table.data) == ['digits', 'mnist5k'] and (table.seeds == 2).all()
-    assert 'SEM at its defaults minus the plain mixer' in capsys.readouterr().out
+    assert 'SEM minus the plain mixer' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('found', [0.3, 0.])
+def test_gamma_find_mode_compares_at_the_suggested_gamma_or_says_there_is_nothing_to_compare(script, tmp_path, monkeypatch, found):
+    "With --gamma-find, SEM trains at what `find_gamma` returns (faked here: the smoke run's tiny data suggests γ 0)"
+    table = pd.DataFrame(dict(accuracy=[.5, .6], corruption_acc=[.4, .5], ece=[.1, .1]), index=pd.Index([0., found], name='gamma'))
+    seen = []
+    monkeypatch.setattr(script, 'find_gamma', lambda x, y, arch, mix, args: seen.append((len(x), args.any_ece)) or (found, table))
+    any_ece = found > 0   # both ways of choosing, one each
+    script.main(['--smoke', '--gamma-find', '--out-dir', str(tmp_path), '--data', 'digits', '--mixes', 'mixup', '--threads', '1']
+                + ['--any-ece']*any_ece)
+    assert seen == [(256, any_ece)]   # chosen on the training images only
+    source = 'gamma_find_any_ece' if any_ece else 'gamma_find'
+    runs = pd.read_csv(tmp_path/f'untuned_data.digits.cnn.mixup.{source}.csv')
+    assert set(runs.gamma_from) == {source} and set(runs[runs.method == 'SEM'].gamma) == {found}
+    row = script.summary(tmp_path).iloc[0]
+    assert row.gamma == found and row.gamma_from == source
+    if found: assert sorted(runs.method.unique()) == ['SEM', 'plain mixup'] and row.seeds == 2
+    else: assert len(runs) == 1 and row.seeds == 0 and 'nothing compared' in row.beyond_noise
+
+
+def test_gamma_find_at_the_default_gamma_reuses_the_default_comparison(script, tmp_path, monkeypatch):
+    "Same settings, same runs: a suggested γ equal to the default takes the default comparison's rows instead of training again"
+    args = ['--smoke', '--out-dir', str(tmp_path), '--data', 'digits', '--mixes', 'mixup', '--threads', '1']
+    script.main(args)
+    import fastai_sem.compare
+    def no_training(*a, **k): raise AssertionError('trained again')
+    monkeypatch.setattr(fastai_sem.compare, 'compare_sem', no_training)
+    table = pd.DataFrame(dict(accuracy=[.5], corruption_acc=[.5], ece=[.1]), index=pd.Index([default_gamma('mixup')], name='gamma'))
+    monkeypatch.setattr(script, 'find_gamma', lambda *a: (default_gamma('mixup'), table))
+    script.main(args + ['--gamma-find'])
+    default, found = (pd.read_csv(tmp_path/f'untuned_data.digits.cnn.mixup{s}.csv') for s in ('', '.gamma_find'))
+    pd.testing.assert_frame_equal(default[['method', 'seed', 'gamma', 'clean_acc', 'ece']], found[['method', 'seed', 'gamma', 'clean_acc', 'ece']])
+    assert set(found.gamma_from) == {'gamma_find'}
