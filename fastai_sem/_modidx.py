@@ -242,6 +242,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'fastai_sem.ood.energy_score': ('ood.html#energy_score', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.evaluate_ood': ('ood.html#evaluate_ood', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.expected_calibration_error': ('ood.html#expected_calibration_error', 'fastai_sem/ood.py'),
+                                'fastai_sem.ood.fit_temperature': ('ood.html#fit_temperature', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.get_logits': ('ood.html#get_logits', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.msp_score': ('ood.html#msp_score', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.ood_metrics': ('ood.html#ood_metrics', 'fastai_sem/ood.py'),

@@ -111,9 +111,11 @@ METRICS = {'clean_acc': ('clean acc', 'clean accuracy', 1), 'corruption_acc': ('
            'ece': ('ECE', 'ECE', -1), 'seconds': ('time (s)', 'training time', 0)}   # column, name, +1: higher is better
 
 def paired_differences(runs:pd.DataFrame, # one row per run: columns `method`, `seed` and the metrics
-                       a:str, b:str) -> pd.DataFrame: # one row per seed that both methods ran
+                       a:str, b:str, # the two methods
+                       cols=None, # the columns to subtract; None: those of `METRICS` that `runs` has
+                      ) -> pd.DataFrame: # one row per seed that both methods ran
     "Seed by seed, the metrics of method `a` minus those of method `b`"
-    cols = [c for c in METRICS if c in runs]
+    cols = [c for c in METRICS if c in runs] if cols is None else list(cols)
     by_seed = lambda m: runs[runs.method == m].set_index('seed')[cols]
     return (by_seed(a) - by_seed(b)).dropna()
 

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 # %% auto #0
 __all__ = ['msp_score', 'energy_score', 'ood_metrics', 'get_logits', 'evaluate_ood', 'expected_calibration_error',
-           'reliability_diagram', 'calibration']
+           'reliability_diagram', 'calibration', 'fit_temperature']
 
 # %% ../nbs/11_ood.ipynb #6102ed6f
 def _to_tensor(x):
@@ -134,3 +134,16 @@ def calibration(
            'nll': float(F.cross_entropy(logits, targs))}
     if plot: reliability_diagram(probs, targs, n_bins, ax=ax)
     return res
+
+# %% ../nbs/11_ood.ipynb #4478bbf6
+def fit_temperature(
+    logits, # (N, n_classes) logits of a held-out labelled split, tensor or array
+    targets, # (N,) true class indices
+)->float: # T: softmax(logits / T) is the calibrated prediction
+    "The temperature T in [0.01, 100] that minimises the negative log-likelihood of softmax(`logits` / T)"
+    from scipy.optimize import minimize_scalar
+    z, t = _to_tensor(logits), _to_tensor(targets).long().ravel()
+    if z.ndim != 2 or len(z) != len(t) or len(t) == 0:
+        raise ValueError(f"`logits` must be (N, n_classes) and `targets` (N,) with N >= 1, got shapes {tuple(z.shape)} and {tuple(t.shape)}")
+    nll = lambda log_t: F.cross_entropy(z / np.exp(log_t), t).item()
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.)), method='bounded').x))
