@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-slow check-outputs docs bench repro defaults-study untuned-data temperature-scaling clean-venv venv-install
+.PHONY: run test test-slow check-outputs docs bench repro defaults-study untuned-data calibration clean-venv venv-install
 
 # nbdev-export rewrites pyproject.toml (same content, new mtime): reinstall only when its content has changed.
 .venv/.done: pyproject.toml
@@ -70,8 +70,8 @@ untuned-data: .venv/.done .sysdeps.done
 	$(PY) benchmarks/untuned_data.py --threads 1 --archs resnet18
 
 ## Does temperature scaling take away SEM's calibration cost? The small CNN with MixUp at γ 0.03, 0.3 and 1, three datasets.
-temperature-scaling: .venv/.done .sysdeps.done
-	$(PY) benchmarks/temperature_scaling.py --threads 1
+calibration: .venv/.done .sysdeps.done
+	$(PY) benchmarks/calibration.py --threads 1
 
 ## How SEMMixup's defaults were chosen (validation grid, selection, test table): hours of CPU; see its --help.
 defaults-study: .venv/.done .sysdeps.done

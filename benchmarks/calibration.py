@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Does temperature scaling take away SEM's calibration cost? SEM at several γ against the plain mixer, ECE before and after.
 
-    python benchmarks/temperature_scaling.py                  # CNN, MixUp, three datasets, γ 0.03 0.3 1, 3 seeds
-    python benchmarks/temperature_scaling.py --summary        # the table of what is in benchmarks/results, nothing trained
-    python benchmarks/temperature_scaling.py --smoke --out-dir smoke   # every code path in seconds
+    python benchmarks/calibration.py                  # CNN, MixUp, three datasets, γ 0.03 0.3 1, 3 seeds
+    python benchmarks/calibration.py --summary        # the table of what is in benchmarks/results, nothing trained
+    python benchmarks/calibration.py --smoke --out-dir smoke   # every code path in seconds
 
 A larger γ bought robustness on some data and cost calibration (ECE) wherever it was measured ("SEM at its defaults").
 Temperature scaling divides the logits by one number T fitted on held-out labelled images
@@ -17,7 +17,7 @@ Then, per run, the held-out images are split in two stratified halves (seed 0): 
 the ECE of the other half is measured with and without it; the two halves' ECEs are averaged, so no image is scored
 with a T fitted on it. Nothing is chosen on these numbers.
 
-Each comparison writes `temperature_scaling.<data>.<arch>.<mix>.csv` (one row per method, γ and seed) into
+Each comparison writes `calibration.<data>.<arch>.<mix>.csv` (one row per method, γ and seed) into
 `--out-dir`, so comparisons can run side by side (`--threads 1` each).
 """
 import argparse
@@ -50,7 +50,7 @@ def two_fold_ece(logits:torch.Tensor, y:np.ndarray, seed:int=0) -> dict:
     return dict(ece_halves=np.mean(ece), ece_ts=np.mean(ece_ts), temperature=np.mean(temps))
 
 
-def out_file(out_dir:Path, data:str, arch:str, mix:str) -> Path: return out_dir / f"temperature_scaling.{data}.{arch}.{mix}.csv"
+def out_file(out_dir:Path, data:str, arch:str, mix:str) -> Path: return out_dir / f"calibration.{data}.{arch}.{mix}.csv"
 
 
 def run_comparisons(data:str, args) -> pd.DataFrame:
@@ -83,7 +83,7 @@ def summary(out_dir:Path) -> pd.DataFrame:
     "Per comparison found in `out_dir`: SEM minus the plain mixer in ECE without and with temperature scaling, mean ± std over seeds"
     from fastai_sem.compare import paired_differences
     rows = []
-    for fn in sorted(out_dir.glob('temperature_scaling.*.csv')):
+    for fn in sorted(out_dir.glob('calibration.*.csv')):
         runs = pd.read_csv(fn)
         for gamma, g in runs.groupby('sem_gamma'):
             plain = [m for m in g.method.unique() if m != 'SEM'][0]

@@ -1,4 +1,4 @@
-"""`benchmarks/temperature_scaling.py`: its two-fold ECE, its options, and a smoke run of every code path."""
+"""`benchmarks/calibration.py`: its two-fold ECE, its options, and a smoke run of every code path."""
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'temperature_scaling.py'
+SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'calibration.py'
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +38,7 @@ def test_bad_options_are_refused(script, bad):
 
 def test_smoke_run_compares_each_gamma_with_gamma_0_and_scores_ece_with_and_without_t(script, tmp_path, capsys):
     script.main(['--smoke', '--out-dir', str(tmp_path), '--data', 'digits', '--gammas', '0.3', '1', '--threads', '1'])
-    runs = pd.read_csv(tmp_path/'temperature_scaling.digits.cnn.mixup.csv')
+    runs = pd.read_csv(tmp_path/'calibration.digits.cnn.mixup.csv')
     assert len(runs) == 2*2*2   # γ × method × seed
     assert set(runs[runs.method == 'SEM'].gamma) == {0.3, 1.} and set(runs[runs.method != 'SEM'].gamma) == {0.}
     assert (runs[runs.method == 'SEM'].gamma == runs[runs.method == 'SEM'].sem_gamma).all()
