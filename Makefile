@@ -69,9 +69,12 @@ untuned-data: .venv/.done .sysdeps.done
 	$(PY) benchmarks/untuned_data.py --threads 1
 	$(PY) benchmarks/untuned_data.py --threads 1 --archs resnet18
 
-## Does temperature scaling take away SEM's calibration cost? The small CNN with MixUp at γ 0.03, 0.3 and 1, three datasets.
+## Does temperature scaling take away SEM's calibration cost? Three datasets: the small CNN with MixUp and CutMix at γ 0.03,
+## 0.3 and 1, ResNet-18 with MixUp at γ 0.3.
 calibration: .venv/.done .sysdeps.done
 	$(PY) benchmarks/calibration.py --threads 1
+	$(PY) benchmarks/calibration.py --threads 1 --mix cutmix
+	$(PY) benchmarks/calibration.py --threads 1 --arch resnet18 --gammas 0.3
 
 ## How SEMMixup's defaults were chosen (validation grid, selection, test table): hours of CPU; see its --help.
 defaults-study: .venv/.done .sysdeps.done
