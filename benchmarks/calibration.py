@@ -31,10 +31,9 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=Futur
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # the data of untuned_data.py, also when loaded from elsewhere
-from untuned_data import load_data, stratified_split
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # untuned_data.py's data and options, also when loaded from elsewhere
+from untuned_data import add_run_options, load_data, parse_run_options, stratified_split
 
-RESULTS = Path(__file__).resolve().parent / 'results'
 DATASETS = ('mnist5k', 'digits', 'fashion')
 
 
@@ -104,19 +103,8 @@ def parse_args(argv=None):
     p.add_argument('--gammas', nargs='+', type=float, default=[0.03, 0.3, 1.], help="SEM's γ, each against γ 0")
     p.add_argument('--arch', default='cnn', choices=('cnn', 'resnet18'))
     p.add_argument('--mix', default='mixup', choices=('mixup', 'cutmix'))
-    p.add_argument('--seeds', type=int, default=3, help='seeds 0 .. SEEDS-1 (default 3)')
-    p.add_argument('--epochs', type=int, default=8)
-    p.add_argument('--bs', type=int, default=128)
-    p.add_argument('--lr', type=float, default=1e-2)
-    p.add_argument('--n-per-class', type=int, default=50, help='held-out images per class that are corrupted')
-    p.add_argument('--corruptions', nargs='+', default=None, help='names of fastai_sem.corruptions.CORRUPTIONS (default: all 15)')
-    p.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: torch\'s default)')
-    p.add_argument('--out-dir', type=Path, default=RESULTS)
-    p.add_argument('--summary', action='store_true', help='only print the table of the CSVs in --out-dir')
-    p.add_argument('--smoke', action='store_true', help='256 training images, 1 epoch, 2 seeds, 1 corruption: every code path')
-    args = p.parse_args(argv)
-    if args.smoke: args.epochs, args.seeds, args.corruptions, args.n_per_class = 1, 2, ['fog'], 5
-    if args.seeds < 2: p.error('--seeds: give 2 or more (the seed noise needs them)')
+    add_run_options(p)
+    args = parse_run_options(p, argv)
     if any(g <= 0 for g in args.gammas): p.error('--gammas: each γ must be > 0 (γ 0 is the plain mixer every γ is compared with)')
     return args
 

@@ -148,12 +148,8 @@ def summary(out_dir:Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', nargs='+', default=list(DATASETS), choices=DATASETS)
-    p.add_argument('--archs', nargs='+', default=['cnn'], choices=ARCHS)
-    p.add_argument('--mixes', nargs='+', default=list(MIXES), choices=MIXES)
+def add_run_options(p:argparse.ArgumentParser):
+    "The options of a comparison's runs, shared with `calibration.py`: seeds, training, corruptions, threads, output, --summary, --smoke"
     p.add_argument('--seeds', type=int, default=3, help='seeds 0 .. SEEDS-1 (default 3)')
     p.add_argument('--epochs', type=int, default=8)
     p.add_argument('--bs', type=int, default=128)
@@ -162,13 +158,28 @@ def parse_args(argv=None):
     p.add_argument('--corruptions', nargs='+', default=None, help='names of fastai_sem.corruptions.CORRUPTIONS (default: all 15)')
     p.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: torch\'s default)')
     p.add_argument('--out-dir', type=Path, default=RESULTS)
-    p.add_argument('--gamma-find', action='store_true', help="SEM at the γ gamma_find suggests on a validation split of the training images")
-    p.add_argument('--any-ece', action='store_true', help="with --gamma-find: no bound on the validation ECE (ece_tol=None)")
     p.add_argument('--summary', action='store_true', help='only print the table of the CSVs in --out-dir')
     p.add_argument('--smoke', action='store_true', help='256 training images, 1 epoch, 2 seeds, 1 corruption: every code path')
+
+
+def parse_run_options(p:argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    "`p`'s arguments, with `--smoke`'s settings applied and the seeds checked"
     args = p.parse_args(argv)
     if args.smoke: args.epochs, args.seeds, args.corruptions, args.n_per_class = 1, 2, ['fog'], 5
     if args.seeds < 2: p.error('--seeds: give 2 or more (the seed noise needs them)')
+    return args
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', nargs='+', default=list(DATASETS), choices=DATASETS)
+    p.add_argument('--archs', nargs='+', default=['cnn'], choices=ARCHS)
+    p.add_argument('--mixes', nargs='+', default=list(MIXES), choices=MIXES)
+    p.add_argument('--gamma-find', action='store_true', help="SEM at the γ gamma_find suggests on a validation split of the training images")
+    p.add_argument('--any-ece', action='store_true', help="with --gamma-find: no bound on the validation ECE (ece_tol=None)")
+    add_run_options(p)
+    args = parse_run_options(p, argv)
     if args.any_ece and not args.gamma_find: p.error('--any-ece goes with --gamma-find')
     return args
 
