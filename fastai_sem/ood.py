@@ -8,6 +8,7 @@ import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from contextlib import nullcontext
 from fastcore.basics import noop
+from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_auc_score, roc_curve
 
 # %% auto #0
@@ -141,7 +142,6 @@ def fit_temperature(
     targets, # (N,) true class indices
 )->float: # T: softmax(logits / T) is the calibrated prediction
     "The temperature T in [0.01, 100] that minimises the negative log-likelihood of softmax(`logits` / T)"
-    from scipy.optimize import minimize_scalar
     z, t = _to_tensor(logits), _to_tensor(targets).long().ravel()
     if z.ndim != 2 or len(z) != len(t) or len(t) == 0:
         raise ValueError(f"`logits` must be (N, n_classes) and `targets` (N,) with N >= 1, got shapes {tuple(z.shape)} and {tuple(t.shape)}")
