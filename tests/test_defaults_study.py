@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-32 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-33 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -350,3 +350,38 @@ def test_smoke_round_3(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert {'defaults_grid2.csv', 'defaults_selection3.csv', 'defaults_test3.csv'} <= {f.name for f in tmp_path.iterdir()}
     assert 'mixup: default' in res.stdout and 'cutmix: default' in res.stdout
+
+
+def test_round_33_judges_calibration_after_temperature_scaling(study):
+    "Round 33's rule: an ECE cost that temperature scaling takes away (`ece_ts`) is no harm; one that it leaves is"
+    grid = made_up_grid({'small': dict(corruption_acc=0.002, ece=0.02), 'large': dict(corruption_acc=0.02, ece=0.02)})
+    grid['ece_ts'] = grid['ece'] - np.where(grid['config'] == 'large', 0.02, 0.)   # 'small' keeps its ECE cost
+    assert study.select_no_harm(grid, CONFIGS)[2]['mixup'][0] is None   # round 3's rule: both do harm
+    per_arch, _, chosen = study.select_no_harm(grid, CONFIGS, ece_col='ece_ts')
+    assert chosen['mixup'][0] == 'large'
+    assert set(per_arch.loc[per_arch.config == 'small', 'harm']) == {'ece_ts, ece_ts > 0.01'}
+
+
+def test_round_33_runs_three_gammas_per_mixer_the_cnn_at_20_epochs(study):
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '33']))
+    assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config'], r['seed']) for r in runs} == {
+        ('valid33', a, e, m, c, s) for a, e in (('cnn', 20), ('resnet18', 4)) for s in (0, 1, 2)
+        for mix, base in (('mixup', 'MixUp'), ('cutmix', 'CutMix'))
+        for m, c in ((base, 'base'), *((f'SEM+{mix}', f'global γ={g}') for g in ('0.03', '0.1', '0.3')))}
+    assert study.ROUNDS[33]['temperature'] and study.ROUNDS[33]['ece_col'] == 'ece_ts'
+
+
+def test_temperature_metrics_score_each_half_with_the_other_halfs_temperature(study, monkeypatch):
+    "Overconfident logits (×4 of calibrated ones): T ≈ 4, and the ECE after it far below the raw one"
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10000) % 10
+    calibrated = torch.randn(10000, 10, generator=g)
+    calibrated[torch.arange(10000), y] += 2.
+    y = torch.distributions.Categorical(logits=calibrated).sample()   # labels drawn from softmax(calibrated)
+    ood = torch.randn(500, 10, generator=g)
+    monkeypatch.setattr(study.R, 'logits_of', lambda model, dls, x: 4 * (calibrated if x == 'in' else ood))
+    learn, data = SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test='in', y_test=y.numpy(), ood=lambda: 'out')
+    res = study.temperature_metrics(learn, data)
+    assert res['temperature'] == pytest.approx(4, rel=0.15)
+    assert res['ece_ts'] < 0.02 < 0.1 < res['ece_halves']
+    assert set(res) == set(study.TEMPERATURE_COLS)
