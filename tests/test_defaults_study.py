@@ -360,6 +360,9 @@ def test_round_33_judges_calibration_after_temperature_scaling(study):
     per_arch, _, chosen = study.select_no_harm(grid, CONFIGS, ece_col='ece_ts')
     assert chosen['mixup'][0] == 'large'
     assert set(per_arch.loc[per_arch.config == 'small', 'harm']) == {'ece_ts, ece_ts > 0.01'}
+    # the targets, reported beside the rule: a gain beyond the seed noise on corruptions only
+    assert set(per_arch.loc[per_arch.config == 'large', 'missed']) == {'auroc_mnist, auroc_mnist_energy'}
+    assert set(per_arch.loc[per_arch.config == 'small', 'missed']) == {'auroc_mnist, auroc_mnist_energy, ece_ts'}
 
 
 def test_round_33_runs_three_gammas_per_mixer_the_cnn_at_20_epochs(study):
@@ -377,11 +380,11 @@ def test_temperature_metrics_score_each_half_with_the_other_halfs_temperature(st
     y = torch.arange(10000) % 10
     calibrated = torch.randn(10000, 10, generator=g)
     calibrated[torch.arange(10000), y] += 2.
-    y = torch.distributions.Categorical(logits=calibrated).sample()   # labels drawn from softmax(calibrated)
+    y = torch.multinomial(calibrated.softmax(1), 1, generator=g)[:, 0]   # labels drawn from softmax(calibrated)
     ood = torch.randn(500, 10, generator=g)
     monkeypatch.setattr(study.R, 'logits_of', lambda model, dls, x: 4 * (calibrated if x == 'in' else ood))
     learn, data = SimpleNamespace(model=None, dls=None), SimpleNamespace(x_test='in', y_test=y.numpy(), ood=lambda: 'out')
     res = study.temperature_metrics(learn, data)
     assert res['temperature'] == pytest.approx(4, rel=0.15)
-    assert res['ece_ts'] < 0.02 < 0.1 < res['ece_halves']
+    assert res['ece_ts'] < 0.03 < 0.3 < res['ece_halves']
     assert set(res) == set(study.TEMPERATURE_COLS)
