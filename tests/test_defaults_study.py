@@ -1,5 +1,5 @@
 """`benchmarks/defaults_study.py`: its no-harm rule on made-up validation grids, the library's default γ against the
-committed evidence, round 4's distances, what rounds 5-33 run, and (slow) every code path of round 3 on tiny sizes."""
+committed evidence, round 4's distances, what rounds 5-34 run, and (slow) every code path of round 3 on tiny sizes."""
 import math, statistics, subprocess, sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -388,3 +388,14 @@ def test_temperature_metrics_score_each_half_with_the_other_halfs_temperature(st
     assert res['temperature'] == pytest.approx(4, rel=0.15)
     assert res['ece_ts'] < 0.03 < 0.3 < res['ece_halves']
     assert set(res) == set(study.TEMPERATURE_COLS)
+
+
+def test_round_34_is_the_test_table_at_round_33s_mixup_choice_with_its_baseline(study, tmp_path):
+    with pytest.raises(SystemExit, match='no grid'): study.main(['--grid', '--round', '34', '--out-dir', str(tmp_path)])
+    runs = study.test_runs(study.parse_args(['--test', '--round', '34']))
+    assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config'], r['seed']) for r in runs} == {
+        ('test34', a, e, m, c, s) for a, e in (('cnn', 20), ('resnet18', 4)) for s in (0, 1, 2)
+        for m, c in (('MixUp', 'base'), ('SEM+mixup', 'default'))}
+    sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[34])
+    assert (sem.gamma, sem.standardize, sem.spatial, type(sem.mixer).__name__) == (.3, 'global', False, 'MixupMixer')
+    assert study.ROUNDS[34]['temperature']
