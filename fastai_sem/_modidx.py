@@ -239,6 +239,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'fastai_sem.ood._to_np': ('ood.html#_to_np', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood._to_tensor': ('ood.html#_to_tensor', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.calibration': ('ood.html#calibration', 'fastai_sem/ood.py'),
+                                'fastai_sem.ood.cross_fitted_ece': ('ood.html#cross_fitted_ece', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.energy_score': ('ood.html#energy_score', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.evaluate_ood': ('ood.html#evaluate_ood', 'fastai_sem/ood.py'),
                                 'fastai_sem.ood.expected_calibration_error': ('ood.html#expected_calibration_error', 'fastai_sem/ood.py'),

@@ -375,6 +375,7 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
                seed:int=0, # random seed (weights, validation split, batch order, corruptions)
                plot:str=None, # also save the plot of the measures against γ to this image file
                ood:str='auto', # OOD images to score the validation images against: mnist (the shipped digits), permuted (pixel-permuted validation images), none, or auto: mnist for 28×28 greyscale, else permuted
+               calibrate:store_true=False, # bound the ECE after temperature scaling (column ece_ts) instead of the raw ECE
               ):
     "Choose γ on the validation split: a short run per γ, its accuracy, robustness and calibration, and a suggested γ"
     try: gs = [float(g) for g in str(gammas).split(',')]
@@ -405,7 +406,7 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
             raise InputError("--ood mnist: the MNIST digits fit only 28×28 greyscale images: use --ood permuted or none") from None
         print(f"OOD detection: the validation images are scored against {what}")
     learn = make_learner(dls, arch, cbs=SEMMixup(mix=mix), seed=seed)
-    res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False, ood=x_ood)
+    res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False, ood=x_ood, calibrate=calibrate)
     print(f"\n{res}")
     if plot:
         res.plot().savefig(plot, dpi=100)

@@ -16,7 +16,7 @@ from fastai.vision.core import TensorImage, TensorImageBW
 from copy import copy as shallow_copy, deepcopy
 from .callback import SEMMixup
 from .corruptions import CORRUPTIONS, corrupt
-from .ood import expected_calibration_error, msp_score, energy_score, ood_metrics
+from .ood import expected_calibration_error, cross_fitted_ece, msp_score, energy_score, ood_metrics
 
 # %% ../nbs/06_gamma_find.ipynb #67be91cf
 def _uint8_images(dl, xb) -> np.ndarray:
@@ -76,11 +76,12 @@ def suggest_gamma(
     table:pd.DataFrame, # One row per γ (the index): columns `accuracy` and, optionally, `corruption_acc` and `ece`
     tol:float=0.01, # How far below the best validation accuracy a γ may be and still be chosen
     ece_tol:float|None=0.01, # How far above the ECE of γ = 0 (the plain mixer) a γ's ECE may be; None: no bound
+    ece_col:str='ece', # The column `ece_tol` judges: 'ece', or 'ece_ts' (after temperature scaling)
 ) -> float:
     "The γ with the highest `corruption_acc` among those with `accuracy` within `tol` of the best (and ECE within `ece_tol` of γ = 0's); ties: the smaller γ"
     ok = table[table.accuracy >= table.accuracy.max() - tol]
-    if ece_tol is not None and 'ece' in table and 0. in table.index:
-        ok = ok[(ok.ece <= table.ece[0.] + ece_tol) | (ok.index == 0.)]
+    if ece_tol is not None and ece_col in table and 0. in table.index:
+        ok = ok[(ok[ece_col] <= table[ece_col][0.] + ece_tol) | (ok.index == 0.)]
     if ok.empty: return 0.
     by = 'corruption_acc' if 'corruption_acc' in ok and ok.corruption_acc.notna().all() else 'accuracy'
     return float(ok.index[ok[by] == ok[by].max()].min())
@@ -126,14 +127,15 @@ class _Snapshot:
 # %% ../nbs/06_gamma_find.ipynb #56654dbe
 class GammaFind:
     "What `gamma_find` found: `table` (one row per γ), `suggested` (the γ to use) and `rule` (how it was chosen)"
-    def __init__(self, table:pd.DataFrame, suggested:float, rule:str, tol:float|None=None, ece_tol:float|None=None): store_attr()
+    def __init__(self, table:pd.DataFrame, suggested:float, rule:str, tol:float|None=None, ece_tol:float|None=None,
+                 ece_col:str='ece'): store_attr()
     def __repr__(self): return f"{self.table.round(4).to_string()}\nsuggested γ = {self.suggested:g}: {self.rule}"
 
     def plot(self, figsize:tuple|None=None):
         "Validation accuracy, corruption accuracy, ECE and the OOD AUROCs against γ (symlog axis, γ = 0 included); the suggested γ in red"
         import matplotlib.pyplot as plt
         t = self.table
-        cols = [c for c in ('accuracy', 'corruption_acc', 'ece', 'auroc_msp', 'auroc_energy') if c in t and t[c].notna().any()]
+        cols = [c for c in ('accuracy', 'corruption_acc', 'ece', 'ece_ts', 'auroc_msp', 'auroc_energy') if c in t and t[c].notna().any()]
         fig, axs = plt.subplots(1, len(cols), figsize=figsize or (4*len(cols), 3.2), squeeze=False)
         pos = t.index[t.index > 0]
         for ax, c in zip(axs[0], cols):
@@ -142,13 +144,13 @@ class GammaFind:
                     label=f'suggested γ = {self.suggested:g}')
             if c == 'accuracy' and self.tol is not None:
                 ax.axhline(t.accuracy.max() - self.tol, ls='--', color='gray', lw=1, label=f'best − tol ({self.tol:g})')
-            if c == 'ece' and self.ece_tol is not None and 0. in t.index:
-                ax.axhline(t.ece[0.] + self.ece_tol, ls='--', color='gray', lw=1, label=f'γ = 0 + ece_tol ({self.ece_tol:g})')
+            if c == self.ece_col and self.ece_tol is not None and 0. in t.index:
+                ax.axhline(t[c][0.] + self.ece_tol, ls='--', color='gray', lw=1, label=f'γ = 0 + ece_tol ({self.ece_tol:g})')
             lin = float(pos.min()) if len(pos) else 1.
             ax.set_xscale('symlog', linthresh=lin)
             ax.set_xlim(t.index.min() - lin/3, t.index.max()*1.3 if len(pos) else lin)
             ax.set_xticks(list(t.index), [f'{g:g}' for g in t.index]); ax.minorticks_off()
-            ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy', ece='validation ECE',
+            ax.set(xlabel='γ', ylabel=dict(accuracy='validation accuracy', corruption_acc='corruption accuracy', ece='validation ECE', ece_ts='validation ECE after T',
                                           auroc_msp='OOD AUROC (MSP)', auroc_energy='OOD AUROC (energy)')[c])
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -170,6 +172,7 @@ def gamma_find(
     lr:float|None=None, # Maximum learning rate of `fit_one_cycle`; None: its default (`learn.lr`)
     tol:float=0.01, # Validation accuracy may be this much below the best for a γ to be chosen for its robustness
     ece_tol:float|None=0.01, # A γ's validation ECE may be this much above γ = 0's (if 0 is in `gammas`); None: no bound
+    calibrate:bool=False, # Judge the ECE after temperature scaling (`cross_fitted_ece`, column `ece_ts`) instead of the raw one
     corruptions=FIND_CORRUPTIONS, # Names from `CORRUPTIONS`; () for no robustness measure
     severities=(3,), # Severities (1-5) of the corruptions
     n_per_class:int|None=50, # Validation images per class that are corrupted; None: all
@@ -224,6 +227,7 @@ def gamma_find(
             with learn.no_bar(): preds, targs = learn.get_preds(dl=learn.dls.valid, act=noop)
             row = dict(gamma=g, accuracy=float((preds.argmax(1) == targs.view(-1)).float().mean()),
                        ece=expected_calibration_error(F.softmax(preds.float(), 1), targs.view(-1)))
+            if calibrate: row['ece_ts'] = cross_fitted_ece(preds, targs, seed=seed)
             if corruptions:
                 row['corruption_acc'] = float(np.mean([(images_logits(learn, o).argmax(1).numpy() == y).mean() for o in corrupted]))
             if ood is not None:
@@ -233,19 +237,22 @@ def gamma_find(
             rows.append(dict(row, seconds=secs))
             if verbose:
                 print(f"  γ = {g:<5g} validation accuracy {row['accuracy']:.4f}, ECE {row['ece']:.4f}"
+                      + (f" ({row['ece_ts']:.4f} after T)" if calibrate else '')
                       + (f", corruption accuracy {row['corruption_acc']:.4f}" if corruptions else '')
                       + (f", OOD AUROC MSP {row['auroc_msp']:.4f} energy {row['auroc_energy']:.4f}" if ood is not None else '')
                       + f"  ({secs:.0f} s)")
     finally: snap.restore()
     table = pd.DataFrame(rows).set_index('gamma')
-    bound = f"whose validation ECE is at most {ece_tol:g} above γ = 0's" if ece_tol is not None and 0. in table.index else ''
+    after_t = ' after temperature scaling' if calibrate else ''
+    bound = f"whose validation ECE{after_t} is at most {ece_tol:g} above γ = 0's" if ece_tol is not None and 0. in table.index else ''
     if corruptions:
         rule = (f"the highest corruption accuracy among the γ whose validation accuracy is within {tol:g} of the best"
                 f"{' and ' + bound if bound else ''} ({len(y)} validation images × {len(corruptions)} corruptions × "
                 f"severities {', '.join(map(str, severities))}); ties go to the smaller γ")
     else: rule = f"the highest validation accuracy{' among the γ ' + bound if bound else ''}; ties go to the smaller γ"
     if bound: rule += "; γ = 0 if no γ qualifies"
-    res = GammaFind(table, suggest_gamma(table, tol, ece_tol), rule, tol, ece_tol)
+    ece_col = 'ece_ts' if calibrate else 'ece'
+    res = GammaFind(table, suggest_gamma(table, tol, ece_tol, ece_col), rule, tol, ece_tol, ece_col)
     if show_plot: res.plot()
     return res
 

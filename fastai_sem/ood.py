@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 # %% auto #0
 __all__ = ['msp_score', 'energy_score', 'ood_metrics', 'get_logits', 'evaluate_ood', 'expected_calibration_error',
-           'reliability_diagram', 'calibration', 'fit_temperature']
+           'reliability_diagram', 'calibration', 'fit_temperature', 'cross_fitted_ece']
 
 # %% ../nbs/11_ood.ipynb #6102ed6f
 def _to_tensor(x):
@@ -147,3 +147,22 @@ def fit_temperature(
         raise ValueError(f"`logits` must be (N, n_classes) and `targets` (N,) with N >= 1, got shapes {tuple(z.shape)} and {tuple(t.shape)}")
     nll = lambda log_t: F.cross_entropy(z / np.exp(log_t), t).item()
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.)), method='bounded').x))
+
+# %% ../nbs/11_ood.ipynb #d91e0bb9
+def cross_fitted_ece(
+    logits, # (N, n_classes) logits of a held-out labelled split, N >= 2, tensor or array
+    targets, # (N,) true class indices
+    seed:int=0, # Seed of the split into two halves
+    n_bins:int=15, # Bins of `expected_calibration_error`
+)->float:
+    "ECE after temperature scaling, each of two class-stratified halves scored with the T fitted on the other; their mean"
+    z, t = _to_tensor(logits).float(), _to_tensor(targets).long().ravel()
+    if z.ndim != 2 or len(z) != len(t) or len(t) < 2:
+        raise ValueError(f"`logits` must be (N, n_classes) and `targets` (N,) with N >= 2, got shapes {tuple(z.shape)} and {tuple(t.shape)}")
+    rng, y = np.random.default_rng(seed), t.numpy()
+    order = np.concatenate([rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)])   # class by class, shuffled
+    halves = (np.sort(order[0::2]), np.sort(order[1::2]))   # alternating: each half gets every class's share
+    eces = [expected_calibration_error(F.softmax(z[score] / fit_temperature(z[fit], t[fit]), -1), t[score], n_bins)
+            for fit, score in (halves, halves[::-1])]
+    return float(np.mean(eces))
+

@@ -212,8 +212,9 @@ def test_find_gamma_bad_options(tmp_path, args, words):
 
 
 def test_find_gamma_ood_options(digits, tmp_path):
-    "`--ood none` leaves the OOD columns out; `--ood mnist` refuses images that are not 28×28 greyscale, naming the option"
-    rc, out, err = fsem('find-gamma', digits, '--gammas', '0,1', '--epochs', '1', '--bs', '16', '--ood', 'none', cwd=tmp_path)
+    "`--ood none` leaves the OOD columns out (`--calibrate` adds ece_ts); `--ood mnist` refuses images that are not 28×28 greyscale, naming the option"
+    rc, out, err = fsem('find-gamma', digits, '--gammas', '0,1', '--epochs', '1', '--bs', '16', '--ood', 'none', '--calibrate', cwd=tmp_path)
     assert rc == 0, err
     assert 'suggested γ = ' in out and 'auroc' not in out and 'OOD' not in out, out
+    assert 'ece_ts' in out and 'ECE after temperature scaling is at most 0.01' in out, out
     one_line_error(*fsem('find-gamma', digits, '--ood', 'mnist', cwd=tmp_path), '--ood mnist', '28×28', '--ood permuted')
