@@ -172,7 +172,6 @@ def gamma_find(
     lr:float|None=None, # Maximum learning rate of `fit_one_cycle`; None: its default (`learn.lr`)
     tol:float=0.01, # Validation accuracy may be this much below the best for a γ to be chosen for its robustness
     ece_tol:float|None=0.01, # A γ's validation ECE may be this much above γ = 0's (if 0 is in `gammas`); None: no bound
-    calibrate:bool=False, # Judge the ECE after temperature scaling (`cross_fitted_ece`, column `ece_ts`) instead of the raw one
     corruptions=FIND_CORRUPTIONS, # Names from `CORRUPTIONS`; () for no robustness measure
     severities=(3,), # Severities (1-5) of the corruptions
     n_per_class:int|None=50, # Validation images per class that are corrupted; None: all
@@ -180,6 +179,7 @@ def gamma_find(
     seed:int=0, # Seed of every run (`set_seed`) and of the corruptions
     show_plot:bool=True, # Plot accuracy and corruption accuracy against γ
     verbose:bool=True, # Print the cost first and one line per γ
+    calibrate:bool=False, # Judge the ECE after temperature scaling (`cross_fitted_ece`, column `ece_ts`) instead of the raw one
     **sem_kwargs, # Other `SEMMixup` settings; default: those of the SEMMixup attached to `learn`, if any
 ) -> GammaFind:
     "Train `fit_one_cycle(epochs, lr)` from the current weights once per γ; suggest γ from validation accuracy and robustness"
