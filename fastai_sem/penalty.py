@@ -16,13 +16,17 @@ def mask_on_grid(lam:Tensor, # (bs,): share of each mixed sample from its own im
                  size:tuple) -> Tensor: # the (h, w) grid of a feature map
     "m, the share of each location of an h×w grid that comes from x: `mask` area-averaged onto it, or λ everywhere"
     if mask is None: return lam.view(-1, 1, 1, 1)
-    return F.adaptive_avg_pool2d(mask.to(lam.dtype), size)
+    mask, (H, W), (h, w) = mask.to(lam.dtype), mask.shape[-2:], size
+    # a grid that divides the image (28 px onto 7×7 or 4×4): the same averages, several times faster than the adaptive pool
+    if H % h == 0 and W % w == 0: return F.avg_pool2d(mask, (H//h, W//w))
+    return F.adaptive_avg_pool2d(mask, size)
 
 def equivariance_target(h:Tensor, # clean representations, (bs, n_features) or a feature map (bs, C, H, W)
-                        lam:Tensor, perm:Tensor, mask:Tensor|None=None) -> Tensor:
+                        lam:Tensor, perm:Tensor, mask:Tensor|None=None,
+                        out:Tensor|None=None) -> Tensor: # a buffer shaped like `h` to write the target into
     "λ·h + (1−λ)·h[perm] per sample; for a feature map m·h + (1−m)·h[perm] per location, m = `mask_on_grid`"
     weight = mask_on_grid(lam, mask, h.shape[-2:]) if h.ndim == 4 else lam.view(-1, *[1]*(h.ndim-1))
-    return h.index_select(0, perm).lerp_(h, weight.to(h.dtype))   # faster on CPU than torch.lerp(h[perm], …): no advanced indexing, one tensor fewer
+    return torch.index_select(h, 0, perm, out=out).lerp_(h, weight.to(h.dtype))   # faster on CPU than torch.lerp(h[perm], …): no advanced indexing, one tensor fewer
 
 # %% ../nbs/02_penalty.ipynb #14820a2a
 def mse_distance(h_mixed, target):
@@ -67,10 +71,10 @@ def _mean_by_feature(h:Tensor, sync:bool) -> tuple:
     if sync: total, n = _sum_over_processes(total, torch.full((), n, dtype=total.dtype, device=total.device))
     return total / n, n
 
-def _global_spread(h:Tensor, sync:bool) -> tuple:
+def _global_spread(h:Tensor, sync:bool, out:Tensor|None=None) -> tuple:
     "(each feature's mean, the features' variance averaged over them: 0-d, or 1 where the batch has no spread)"
     mean, n = _mean_by_feature(h, sync)
-    centred = (h - mean).reshape(-1)   # two passes: E[h²]−E[h]² loses float32 digits
+    centred = torch.sub(h, mean, out=out).reshape(-1)   # two passes: E[h²]−E[h]² loses float32 digits
     ss = torch.dot(centred, centred)   # the sum of squares in one fast reduction
     if sync: ss, = _sum_over_processes(ss)
     # no spread (bs 1, constant features): the average variance is below 1e-6 of the mean square, avg ≤ 1e-6·(mean(μ²) + avg).
@@ -97,6 +101,28 @@ def standardization(h_clean:Tensor, # clean representations, (bs, n) or feature 
         return mean, torch.where(spread, var + 0.01*avg, 1.).rsqrt()
 
 # %% ../nbs/02_penalty.ipynb #07b2413b
+class _GlobalMSEOnMaps(torch.autograd.Function):
+    "`sem_penalty`'s default ('global', 'mse') on feature maps whose `h_clean` needs no gradient, with fewer passes over them"
+    # A small CNN's 4×4 map is 16× its pooled h, and on a CPU each pass over it, and above all each new buffer of its
+    # size, costs: one buffer holds the centred h, then the target, then target − h_mixed (the loss is its dot product
+    # with itself), and at last the gradient
+    @staticmethod
+    def forward(ctx, h_mixed, h_clean, lam, perm, mask, sync):
+        work = torch.empty_like(h_clean, memory_format=torch.contiguous_format)
+        var = _global_spread(h_clean, sync, out=work)[1]
+        neg_diff = equivariance_target(h_clean, lam, perm, mask, out=work).sub_(h_mixed).view(-1)
+        ctx.neg_diff, ctx.scale, ctx.shape = neg_diff, -2/(neg_diff.numel()*var), h_mixed.shape
+        return torch.dot(neg_diff, neg_diff) / (neg_diff.numel()*var)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        if ctx.neg_diff is None:
+            raise RuntimeError("SEM's spatial penalty was backpropagated twice (retain_graph=True): its backward reuses its "
+                               "buffer. Compute the loss again for a second backward pass")
+        neg_diff, ctx.neg_diff = ctx.neg_diff, None
+        return neg_diff.mul_(grad*ctx.scale).view(ctx.shape), None, None, None, None, None
+
 def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_features) or (bs, C, H, W)
                 h_clean:Tensor, # representations of the clean batch, same shape
                 lam:Tensor, perm:Tensor, # from the `MixedBatch`
@@ -110,14 +136,17 @@ def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_fea
         raise ValueError(f"`standardize` must be one of {list(STANDARDIZE)}, got {standardize!r}")
     dist = get_distance(distance)
     with torch.autocast(h_mixed.device.type, enabled=False):
-        h_mixed, h_clean = h_mixed.float(), h_clean.float()
-        target = equivariance_target(h_clean, lam.float(), perm, mask)
+        h_mixed, h_clean, lam = h_mixed.float(), h_clean.float(), lam.float()
         # the target mixes h_clean convexly, so standardising it equals mixing the standardised h_clean. mse and l2
         # see only h_mixed − target, where the shift cancels and a global scale factors out: no pass over h for them
         if standardize == 'global' and dist in _SCALE_POWER:
+            # feature maps only: on pooled h it saves nothing, and the pooled default keeps F.mse_loss's arithmetic
+            if dist is mse_distance and h_mixed.ndim > 2 and not h_clean.requires_grad:
+                return _GlobalMSEOnMaps.apply(h_mixed, h_clean, lam, perm, mask, sync)
             with torch.no_grad(): var = _global_spread(h_clean, sync)[1]
-            d = dist(h_mixed.flatten(1), target.flatten(1))
+            d = dist(h_mixed.flatten(1), equivariance_target(h_clean, lam, perm, mask).flatten(1))
             return d / (var if _SCALE_POWER[dist] == 2 else var.sqrt())
+        target = equivariance_target(h_clean, lam, perm, mask)
         if standardize:
             shift, scale = standardization(h_clean, standardize == 'feature', sync)
             if dist not in _SCALE_POWER: h_mixed, target = h_mixed - shift, target - shift
