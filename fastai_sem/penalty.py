@@ -105,14 +105,16 @@ class _GlobalMSEOnMaps(torch.autograd.Function):
     "`sem_penalty`'s default ('global', 'mse') on feature maps whose `h_clean` needs no gradient, with fewer passes over them"
     # A small CNN's 4×4 map is 16× its pooled h, and on a CPU each pass over it, and above all each new buffer of its
     # size, costs: one buffer holds the centred h, then the target, then target − h_mixed (the loss is its dot product
-    # with itself), and at last the gradient
+    # with itself), and at last the gradient. Returned as the buffer itself (no view of it, no other reference), that
+    # gradient is one autograd can add the pooling's gradient into, instead of allocating their sum
     @staticmethod
     def forward(ctx, h_mixed, h_clean, lam, perm, mask, sync):
         work = torch.empty_like(h_clean, memory_format=torch.contiguous_format)
         var = _global_spread(h_clean, sync, out=work)[1]
-        neg_diff = equivariance_target(h_clean, lam, perm, mask, out=work).sub_(h_mixed).view(-1)
-        ctx.neg_diff, ctx.scale, ctx.shape = neg_diff, -2/(neg_diff.numel()*var), h_mixed.shape
-        return torch.dot(neg_diff, neg_diff) / (neg_diff.numel()*var)
+        ctx.neg_diff = equivariance_target(h_clean, lam, perm, mask, out=work).sub_(h_mixed)   # `work` itself
+        flat = work.view(-1)
+        ctx.scale = -2/(flat.numel()*var)
+        return torch.dot(flat, flat) / (flat.numel()*var)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -121,7 +123,7 @@ class _GlobalMSEOnMaps(torch.autograd.Function):
             raise RuntimeError("SEM's spatial penalty was backpropagated twice (retain_graph=True): its backward reuses its "
                                "buffer. Compute the loss again for a second backward pass")
         neg_diff, ctx.neg_diff = ctx.neg_diff, None
-        return neg_diff.mul_(grad*ctx.scale).view(ctx.shape), None, None, None, None, None
+        return neg_diff.mul_(grad*ctx.scale), None, None, None, None, None
 
 def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_features) or (bs, C, H, W)
                 h_clean:Tensor, # representations of the clean batch, same shape
