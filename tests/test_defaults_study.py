@@ -399,3 +399,29 @@ def test_round_34_is_the_test_table_at_round_33s_mixup_choice_with_its_baseline(
     sem, = study.make_cbs('SEM+mixup', 'default', study.ROUNDS[34])
     assert (sem.gamma, sem.standardize, sem.spatial, type(sem.mixer).__name__) == (.3, 'global', False, 'MixupMixer')
     assert study.ROUNDS[34]['temperature']
+
+
+def test_round_35_counts_the_glyph_aurocs_as_harm_on_the_cnn_only(study):
+    "A loss on the typed characters beyond the seed noise is harm on the CNN, and not on the ResNet (round 35's rule)"
+    grid = made_up_grid({'small': dict(corruption_acc=0.002), 'large': dict(corruption_acc=0.02)})
+    for arch, loss in (('cnn', 0.02), ('resnet18', 0.)):
+        grid.loc[grid.arch == arch, 'auroc_glyphs'] = 0.8
+        grid.loc[grid.arch == arch, 'auroc_glyphs_energy'] = 0.9 - np.where(grid.loc[grid.arch == arch, 'config'] == 'large', loss, 0.)
+    assert study.select_no_harm(grid, CONFIGS)[2]['mixup'][0] == 'large'      # without it: the larger gain
+    per_arch, _, chosen = study.select_no_harm(grid, CONFIGS, extra_harm=study.ROUNDS[35]['extra_harm'])
+    assert chosen['mixup'][0] == 'small'
+    assert per_arch.set_index(['config', 'arch']).loc[('large', 'cnn'), 'harm'] == 'auroc_glyphs_energy'
+    # a loss on the ResNet's typed characters is not harm there: its OOD AUROCs are too noisy to judge (rounds 3, 6, 24)
+    grid.loc[(grid.arch == 'resnet18') & (grid.config == 'small'), 'auroc_glyphs'] -= 0.05
+    assert study.select_no_harm(grid, CONFIGS, extra_harm=study.ROUNDS[35]['extra_harm'])[2]['mixup'][0] == 'small'
+
+
+def test_round_35_runs_fastais_mixup_the_default_and_the_null_space_penalty_with_the_glyphs(study):
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '35']))
+    assert {(r['phase'], r['arch'], r['epochs'], r['method'], r['config'], r['seed']) for r in runs} == {
+        ('valid35', a, e, m, c, s) for a, e in (('cnn', 20), ('resnet18', 4)) for s in (0, 1, 2)
+        for m, c in (('MixUp', 'base'), ('SEM+mixup', 'global γ=0.03'),
+                     *(('SEM+mixup', f'nullspace γ={g}') for g in ('0.03', '0.1', '0.3')))}
+    rnd = study.ROUNDS[35]
+    assert rnd['temperature'] and rnd['ece_col'] == 'ece_ts' and rnd['extra_ood'] == ('glyphs',)
+    assert rnd['configs']['nullspace γ=0.3'] == dict(standardize='global', distance='nullspace', gamma=.3)
