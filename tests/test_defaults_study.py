@@ -425,3 +425,19 @@ def test_round_35_runs_fastais_mixup_the_default_and_the_null_space_penalty_with
     rnd = study.ROUNDS[35]
     assert rnd['temperature'] and rnd['ece_col'] == 'ece_ts' and rnd['extra_ood'] == ('glyphs',)
     assert rnd['configs']['nullspace γ=0.3'] == dict(standardize='global', distance='nullspace', gamma=.3)
+
+
+def test_round_37_adds_the_spatial_cutmix_target_to_round_31s_runs_in_its_files(study):
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs37, runs31 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (37, 31))
+    spatial = {(a, 'SEM+cutmix', f'spatial γ={g}', s, e) for a, e in (('cnn', 5), ('resnet18', 4))
+               for g in ('0.03', '0.1', '0.3') for s in (0, 1, 2)}
+    assert {key(r) for r in runs37} == {key(r) for r in runs31} | spatial
+    assert {r['phase'] for r in runs37} == {'valid31'} and len(runs37) == 42
+    rnd = study.ROUNDS[37]
+    assert rnd['rule'] == 'no_harm' and rnd.get('ece_col', 'ece') == 'ece' and not rnd.get('extra_harm')
+    sem, = study.make_cbs('SEM+cutmix', 'spatial γ=0.3', rnd)
+    assert (sem.gamma, sem.standardize, sem.spatial, type(sem.mixer).__name__) == (.3, 'global', True, 'CutMixMixer')
+    # round 31's own selection does not see round 37's runs, which share its files
+    args = study.parse_args(['--select', '--round', '31'])
+    assert not any(c.startswith('spatial') for c in study.own_grid(study.read_all(study.RESULTS/'defaults_grid31.csv'), args).config)
