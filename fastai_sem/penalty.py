@@ -8,7 +8,7 @@ from fastai.basics import *
 
 # %% auto #0
 __all__ = ['DISTANCES', 'STANDARDIZE', 'mask_on_grid', 'equivariance_target', 'mse_distance', 'l2_distance', 'cosine_distance',
-           'get_distance', 'standardization', 'sem_penalty']
+           'get_distance', 'standardization', 'sem_penalty', 'NullSpaceMSE']
 
 # %% ../nbs/02_penalty.ipynb #76b040ae
 def mask_on_grid(lam:Tensor, # (bs,): share of each mixed sample from its own image
@@ -48,6 +48,9 @@ def get_distance(distance:str|Callable) -> Callable:
     "The distance `distance` names, or `distance` itself if it is a callable `f(h_mixed, target) -> scalar`"
     if callable(distance): return distance
     if distance in DISTANCES: return DISTANCES[distance]
+    if distance == 'nullspace':
+        raise ValueError("distance='nullspace' needs the model's classifier: pass it to `SEM`/`SEMMixup`, which find it, "
+                         "or use `NullSpaceMSE(classifier)` here")
     raise ValueError(f"`distance` must be one of {list(DISTANCES)} or a callable f(h_mixed, target) -> scalar, got {distance!r}")
 
 # %% ../nbs/02_penalty.ipynb #24f11534
@@ -154,3 +157,22 @@ def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_fea
             if dist not in _SCALE_POWER: h_mixed, target = h_mixed - shift, target - shift
             h_mixed, target = h_mixed*scale, target*scale
         return dist(h_mixed.flatten(1), target.flatten(1))
+
+# %% ../nbs/02_penalty.ipynb #9123f017
+class NullSpaceMSE:
+    "Mean squared error of h(x̃) − target outside the span of `classifier`'s weight rows: the part of h the logits never read"
+    __name__ = 'nullspace'
+    def __init__(self, classifier:nn.Module): # the final `nn.Linear` (or 1×1 `nn.Conv2d`) that reads h
+        n_out, n_in = classifier.weight.flatten(1).shape
+        if n_out >= n_in:
+            raise ValueError(f"distance='nullspace' needs more features than classes: the classifier reads {n_in} features into "
+                             f"{n_out} outputs, so its rows span all of h and the penalty would be 0. Use distance='mse'")
+        self.classifier = classifier
+
+    def __call__(self, h_mixed, target):
+        d = h_mixed - target
+        basis, _ = torch.linalg.qr(self.classifier.weight.detach().float().flatten(1).T)   # (n_features, n_classes), orthonormal
+        return (d - (d @ basis) @ basis.T).square().mean()
+
+    def __repr__(self): return f"NullSpaceMSE({self.classifier})"
+

@@ -10,6 +10,7 @@ from fastai.basics import *
 from fastai.callback.mixup import reduce_loss
 from .mixers import *
 from .features import *
+from .features import _classifier
 from .penalty import *
 
 # %% auto #0
@@ -76,6 +77,10 @@ class SEMLoss(NamedTuple):
 # the ResNet's OOD AUROCs move more than its losses between runs of one method.
 DEFAULT_GAMMA = {'mixup': 0.03, 'cutmix': 0.03}
 
+def _is_nullspace(distance) -> bool: return isinstance(distance, str) and distance == 'nullspace'
+_NULLSPACE_SITE = ("`distance`='nullspace' reads the final classifier's weight rows, so h must be that classifier's input: "
+                   "leave `layer` None and `spatial` False")
+
 def default_gamma(mix:str|Mixer) -> float:
     "The γ `SEM` uses when none is given: `DEFAULT_GAMMA` for MixUp and CutMix; MixUp's for mixers never measured"
     return DEFAULT_GAMMA['cutmix'] if mix == 'cutmix' or isinstance(mix, CutMixMixer) else DEFAULT_GAMMA['mixup']
@@ -89,7 +94,7 @@ class SEM:
         gamma:float|None=None,  # weight γ of the equivariance penalty (0: the plain mixer); None: `default_gamma(mix)`
         mix:str|Mixer='mixup',  # 'mixup', 'cutmix', 'switch' (random per batch) or a `Mixer`
         layer:str|nn.Module|None=None, # where h is read (see `representation_site`); None: input of the final classifier
-        distance:str|Callable='mse',   # 'mse', 'l2', 'cosine' or f(h_mixed, target) -> scalar
+        distance:str|Callable='mse',   # 'mse', 'l2', 'cosine', 'nullspace' (`NullSpaceMSE`) or f(h_mixed, target) -> scalar
         standardize:str|None='global', # scale-free penalty: 'global', 'feature', or None for the raw penalty
         spatial:bool=False,      # penalise the feature map before global pooling, with a per-location (mask-aware) target
         detach_target:bool=True, # no gradient through λ·h(x)+(1−λ)·h(x[perm])
@@ -105,7 +110,9 @@ class SEM:
             raise ValueError(f"`standardize` must be one of {list(STANDARDIZE)}, got {standardize!r}")
         for name, flag in (('detach_target', detach_target), ('shared_batch', shared_batch), ('spatial', spatial)):
             if not isinstance(flag, bool): raise ValueError(f"`{name}` must be True or False, got {flag!r}")
-        self.mixer, self.distance = get_mixer(mix, alpha, switch_prob), get_distance(distance)
+        if _is_nullspace(distance) and (layer is not None or spatial):
+            raise ValueError(_NULLSPACE_SITE)
+        self.mixer, self.distance = get_mixer(mix, alpha, switch_prob), (distance if _is_nullspace(distance) else get_distance(distance))
         self.check_mix = not isinstance(mix, str)   # the named mixers give valid λ and perm by construction
         store_attr('gamma,layer,standardize,spatial,detach_target,shared_batch')
         self.model = model
@@ -120,7 +127,18 @@ class SEM:
         if model is not None and not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be an nn.Module (or None until you set `sem.model`), got {type(model).__name__}")
         self.site = None if model is None else penalty_site(model, self.layer, self.spatial)
-        self._model = model
+        self._model, self._nullspace = model, None
+        if model is not None: self.penalty_distance()   # 'nullspace': find the classifier, or say why not, now
+
+    def penalty_distance(self) -> Callable:
+        "The distance the penalty uses: `distance`, or for 'nullspace' a `NullSpaceMSE` of `model`'s final classifier"
+        if not _is_nullspace(self.distance): return self.distance
+        if self._nullspace is None:   # bound once per model: finding the classifier walks the whole model
+            if self.layer is not None or self.spatial:
+                raise ValueError(_NULLSPACE_SITE)
+            model = unwrap_model(self.model)
+            self._nullspace = NullSpaceMSE(model.get_submodule(_classifier(model)))
+        return self._nullspace
 
     def step(self, x:Tensor, # the clean input batch, floating point (never modified)
              y:Tensor,       # its targets: class indices (bs,) or float (bs, n_classes)
@@ -178,7 +196,7 @@ class SEMStep:
         self.capture = self.h_clean = None
         label = _mixed_label_loss(loss_func, pred, self.y, self.lam, self.perm)
         m = self.mixed
-        penalty = sem_penalty(h_mixed, h_clean, m.lam, m.perm, self.sem.distance, m.mask, self.sem.standardize,
+        penalty = sem_penalty(h_mixed, h_clean, m.lam, m.perm, self.sem.penalty_distance(), m.mask, self.sem.standardize,
                               sync=_trains_with_other_processes(self.sem.model))
         if penalty.ndim != 0: raise ValueError(f"`distance` must return a scalar, got a tensor of shape {tuple(penalty.shape)}")
         return SEMLoss(label + self.sem.gamma*penalty, label, penalty, self.lam, self.perm)

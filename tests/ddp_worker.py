@@ -158,11 +158,11 @@ def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
 
 
 def run(model, mixer, detach_target=True, shared_batch=False, ddp_kwargs=None, sync_bn=False, cbs=(), standardize='global',
-        gamma=0.3, spatial=False):
+        gamma=0.3, spatial=False, distance='mse'):
     "γ is fixed here, not SEMMixup's default: the penalty must weigh enough for `test_tolerance_discriminates` to see it"
     dls = dls_for_global_batch(num_distrib() or 1)
     rec, sem = Record(), SEMMixup(mix=mixer, gamma=gamma, detach_target=detach_target, shared_batch=shared_batch,
-                                  standardize=standardize, spatial=spatial)
+                                  standardize=standardize, spatial=spatial, distance=distance)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(SGD, mom=0.), cbs=[sem, rec, *cbs])
     learn.remove_cb(ProgressCallback); learn.logger = noop
     lf = learn.loss_func
@@ -192,6 +192,8 @@ SCENARIOS = {
     'equiv_scale_free_feature': lambda: run(model_without_bn(), ScheduledMixer(), standardize='feature'),
     # the scale-free penalty on the feature map before pooling (its own few-pass path, statistics summed inside it)
     'equiv_spatial': lambda: run(model_without_bn(), ScheduledMixer(), spatial=True),
+    # the null-space penalty: its basis comes from the classifier's weights, which DDP keeps equal on every process
+    'equiv_nullspace': lambda: run(model_without_bn(), ScheduledMixer(), distance='nullspace'),
     # the same with each process standardising by its own batch's statistics: must differ from 1 process
     'equiv_scale_free_unsynced': lambda: run_unsynced(model_without_bn(), ScheduledMixer()),
     'equiv_detach_false': lambda: run(model_without_bn(), ScheduledMixer(), detach_target=False, standardize=None),

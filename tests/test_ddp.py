@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / 'ddp_worker.py'
-EQUIV = ['equiv', 'equiv_detach_false', 'equiv_unused_params', 'equiv_scale_free', 'equiv_scale_free_feature', 'equiv_spatial']
+EQUIV = ['equiv', 'equiv_detach_false', 'equiv_unused_params', 'equiv_scale_free', 'equiv_scale_free_feature', 'equiv_spatial',
+         'equiv_nullspace']
 TRAINS = ['bn_mixup', 'bn_cutmix_detach_false', 'bn_shared_batch']
 RTOL, ATOL = 5e-6, 1e-7
 

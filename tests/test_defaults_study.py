@@ -101,6 +101,9 @@ def test_classifier_subspace_distances_split_the_mse(study):
     assert torch.allclose(unseen @ w.T, torch.zeros(5, 3), atol=1e-5)
     assert row(target + unseen, target) < 1e-10
     assert torch.allclose(null(target + unseen, target), unseen.square().mean())
+    # the library's `distance='nullspace'` is the same arithmetic, so rounds 35 and 36 measured what users get
+    from fastai_sem.penalty import NullSpaceMSE
+    assert torch.equal(NullSpaceMSE(model[2])(h_mixed, target), null(h_mixed, target))
 
 
 @pytest.mark.parametrize('rnd', ['4', '5', '7'])
