@@ -390,6 +390,14 @@ ROUNDS[36] = dict(ROUNDS[34], test_methods=('SEM+mixup',), suffix='36', default=
 CONFIGS37 = {**ROUNDS[31]['configs'], **CONFIGS5, 'spatial γ=0.3': dict(standardize='global', spatial=True, gamma=.3)}
 ROUNDS[37] = dict(ROUNDS[31], configs=CONFIGS37, resnet=(*ROUNDS[31]['resnet'], *CONFIGS5, 'spatial γ=0.3'),
                   cnn_cutmix=(*ROUNDS[31]['cnn_cutmix'], *CONFIGS5, 'spatial γ=0.3'), suffix='37', grid_suffix='31')
+# round 38 (`--grid --select --round 38`; its runs extend round 31's files): the null-space penalty had been tried with
+# MixUp only (rounds 4, 12-15, 35-36). With CutMix the pooled target is not exact (a pasted box does not mix pooled
+# features linearly), and the part of the penalty the logits read asks their mix to be the mix of the logits, the
+# part behind the energy-score loss with MixUp. Round 38 runs the null-space penalty with CutMix at γ 0.03, 0.1 and
+# 0.3 as round 37 ran the spatial target, and applies round 31's rule to it with rounds 31 and 37's runs. Fixed before it ran
+CONFIGS38 = {**CONFIGS37, **CONFIGS14, 'nullspace γ=0.3': CONFIGS35['nullspace γ=0.3']}
+ROUNDS[38] = dict(ROUNDS[37], configs=CONFIGS38, resnet=(*ROUNDS[37]['resnet'], *CONFIGS14, 'nullspace γ=0.3'),
+                  cnn_cutmix=(*ROUNDS[37]['cnn_cutmix'], *CONFIGS14, 'nullspace γ=0.3'), suffix='38')
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
@@ -398,7 +406,8 @@ GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet1
               19: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 22: {'cnn': (0, 1, 2)}, 23: {'cnn': (0, 1, 2)},
               24: {'resnet18': (0, 1, 2)}, 29: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 30: {'resnet18': (0, 1, 2)},
               31: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 33: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
-              35: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 37: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}   # round 6 has no grid
+              35: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 37: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
+              38: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -741,7 +750,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head; 31: CutMix with the box of fastai; 32: its test table at γ 0.03; 33: the no-harm rule with ECE after temperature scaling, the CNN at 20 epochs; 34: its test table at γ 0.3 with MixUp; 35: the null-space penalty by that rule, with the typed characters counted as harm on the CNN; 36: its test table at γ 0.3; 37: the spatial CutMix target with the box of fastai (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head; 31: CutMix with the box of fastai; 32: its test table at γ 0.03; 33: the no-harm rule with ECE after temperature scaling, the CNN at 20 epochs; 34: its test table at γ 0.3 with MixUp; 35: the null-space penalty by that rule, with the typed characters counted as harm on the CNN; 36: its test table at γ 0.3; 37: the spatial CutMix target with the box of fastai; 38: the null-space penalty with CutMix (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:

@@ -444,3 +444,16 @@ def test_round_37_adds_the_spatial_cutmix_target_to_round_31s_runs_in_its_files(
     # round 31's own selection does not see round 37's runs, which share its files
     args = study.parse_args(['--select', '--round', '31'])
     assert not any(c.startswith('spatial') for c in study.own_grid(study.read_all(study.RESULTS/'defaults_grid31.csv'), args).config)
+
+
+def test_round_38_adds_the_null_space_penalty_with_cutmix_to_rounds_31_and_37(study):
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs38, runs37 = (study.grid_runs(study.parse_args(['--grid', '--round', str(r)])) for r in (38, 37))
+    null = {(a, 'SEM+cutmix', f'nullspace γ={g}', s, e) for a, e in (('cnn', 5), ('resnet18', 4))
+            for g in ('0.03', '0.1', '0.3') for s in (0, 1, 2)}
+    assert {key(r) for r in runs38} == {key(r) for r in runs37} | null and len(runs38) == 60
+    assert {r['phase'] for r in runs38} == {'valid31'}
+    rnd = study.ROUNDS[38]
+    assert rnd['rule'] == 'no_harm' and rnd.get('ece_col', 'ece') == 'ece' and not rnd.get('extra_harm')
+    sem, = study.make_cbs('SEM+cutmix', 'nullspace γ=0.1', rnd)
+    assert (sem.gamma, sem.standardize, sem.spatial, sem.distance.keep) == (.1, 'global', False, 'nullspace')
