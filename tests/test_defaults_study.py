@@ -457,3 +457,31 @@ def test_round_38_adds_the_null_space_penalty_with_cutmix_to_rounds_31_and_37(st
     assert rnd['rule'] == 'no_harm' and rnd.get('ece_col', 'ece') == 'ece' and not rnd.get('extra_harm')
     sem, = study.make_cbs('SEM+cutmix', 'nullspace γ=0.1', rnd)
     assert (sem.gamma, sem.standardize, sem.spatial, sem.distance.keep) == (.1, 'global', False, 'nullspace')
+
+
+def test_round_39_spatial_null_space_leaves_the_logits_free_and_extends_round_35s_cnn_runs(study):
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    dist = study.ClassifierSubspaceMSE('spatial-nullspace'); dist.bind(model)
+    d = torch.randn(4, 6, 5, 5)
+    w = model[3].weight.detach()
+    # a difference the logits read (the same row-space vector at every position) costs nothing; one with zero mean
+    # over the positions (which pooling removes) costs all of it, though its positions lie in the row space
+    row = (torch.randn(4, 3) @ w)[..., None, None].expand(4, 6, 5, 5)
+    assert dist((row + 0.).flatten(1), torch.zeros(4, 150)) < 1e-10
+    zero_mean = d - d.mean((2, 3), keepdim=True)
+    assert torch.allclose(dist(zero_mean.flatten(1), torch.zeros(4, 150)), zero_mean.square().mean())
+    # and it splits the mse with what the logits read
+    q = torch.linalg.qr(w.T).Q
+    seen = ((d.mean((2, 3)) @ q) @ q.T)[..., None, None].expand_as(d)
+    assert torch.allclose(dist(d.flatten(1), torch.zeros(4, 150)) + seen.square().mean(), d.square().mean())
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '39']))
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs35 = study.grid_runs(study.parse_args(['--grid', '--round', '35', '--archs', 'cnn']))
+    assert {key(r) for r in runs} == {key(r) for r in runs35} | {('cnn', 'SEM+mixup', f'spatial nullspace γ={g}', s, 20)
+                                                               for g in ('0.03', '0.1', '0.3') for s in (0, 1, 2)}
+    assert {r['phase'] for r in runs} == {'valid35'}
+    sem, = study.make_cbs('SEM+mixup', 'spatial nullspace γ=0.1', study.ROUNDS[39])
+    assert (sem.gamma, sem.spatial, sem.distance.keep) == (.1, True, 'spatial-nullspace')
+    assert study.ROUNDS[39]['extra_harm'] == {'cnn': ('auroc_glyphs', 'auroc_glyphs_energy')}
