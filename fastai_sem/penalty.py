@@ -116,8 +116,9 @@ class _GlobalMSEOnMaps(torch.autograd.Function):
         var = _global_spread(h_clean, sync, out=work)[1]
         ctx.neg_diff = equivariance_target(h_clean, lam, perm, mask, out=work).sub_(h_mixed)   # `work` itself
         flat = work.view(-1)
-        ctx.scale = -2/(flat.numel()*var)
-        return torch.dot(flat, flat) / (flat.numel()*var)
+        denom = flat.numel()*var
+        ctx.scale = -2/denom
+        return torch.dot(flat, flat) / denom
 
     @staticmethod
     @torch.autograd.function.once_differentiable
