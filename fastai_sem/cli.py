@@ -11,9 +11,10 @@ from fastcore.imports import in_notebook
 from fastcore.script import CliError, anno_parser, call_parse, store_true
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'LAYOUTS', 'MIN_STEPS', 'TARGET_STEPS', 'MAX_SIZE', 'MIXERS', 'COLUMNS', 'COMMANDS', 'small_cnn',
-           'InputError', 'FolderInfo', 'inspect_folder', 'choose_settings', 'check_arch', 'check_options', 'folder_dls',
-           'make_learner', 'run_training', 'results_table', 'train', 'compare', 'find_gamma', 'main']
+__all__ = ['IMAGE_EXTENSIONS', 'LAYOUTS', 'MIN_STEPS', 'TARGET_STEPS', 'MAX_SIZE', 'MIXERS', 'DISTANCE_NAMES', 'COLUMNS',
+           'COMMANDS', 'small_cnn', 'InputError', 'FolderInfo', 'inspect_folder', 'choose_settings', 'check_arch',
+           'check_options', 'folder_dls', 'make_learner', 'run_training', 'results_table', 'train', 'compare',
+           'find_gamma', 'main']
 
 # %% ../nbs/05_cli.ipynb #7ffed4e8
 def _fastai():
@@ -147,6 +148,7 @@ def choose_settings(n_train:int, # training images
 
 # %% ../nbs/05_cli.ipynb #6994ab84
 MIXERS = ('mixup', 'cutmix', 'switch')
+DISTANCE_NAMES = ('mse', 'nullspace', 'l2', 'cosine')   # SEMMixup's named distances
 
 def _arch_names() -> list:
     import torchvision
@@ -167,11 +169,12 @@ def check_arch(arch:str): # 'cnn', a torchvision model name or a timm model name
                      + (f": did you mean {' or '.join(close)}?" if close else ": e.g. cnn, resnet18, resnet34"))
 
 def check_options(mix:str='mixup', gamma:float|None=None, alpha:float|None=None, epochs:int|None=None, bs:int|None=None,
-                  lr:float=3e-3, size:int|None=None):
+                  lr:float=3e-3, size:int|None=None, distance:str='mse'):
     "Raise `InputError` for option values `run_training` cannot use"
-    if mix not in MIXERS:
-        close = difflib.get_close_matches(str(mix), MIXERS, n=1)
-        raise InputError(f"--mix {mix!r} is not one of {', '.join(MIXERS)}" + (f": did you mean {close[0]}?" if close else ''))
+    for name, v, names in (('mix', mix, MIXERS), ('distance', distance, DISTANCE_NAMES)):
+        if v not in names:
+            close = difflib.get_close_matches(str(v), names, n=1)
+            raise InputError(f"--{name} {v!r} is not one of {', '.join(names)}" + (f": did you mean {close[0]}?" if close else ''))
     for name, v, ok, want in (('gamma', gamma, gamma is None or gamma >= 0, '0 or more (0: plain mixing)'),
                               ('alpha', alpha, alpha is None or alpha > 0, 'more than 0'),
                               ('epochs', epochs, epochs is None or epochs >= 1, '1 or more'),
@@ -261,11 +264,12 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
                  seed:int=0, # random seed
                  compare:bool=False, # also train plain mixing (γ = 0) with the same settings
                  shared_batch:bool=False, # SEM without the extra forward pass (see `SEMMixup`)
+                 distance:str='mse', # the penalty's distance: 'mse', or 'nullspace' (the part of h the logits never read), 'l2', 'cosine'
                  evaluate=None, # called with each trained Learner: the dict it returns is added to its row
                  progress:bool|None=None, # fastai's progress bars; None: in a terminal or a notebook, not in a log
                 ):
     "Train with SEMMixup (and plain mixing if `compare`); return a DataFrame of the final results, one row per run"
-    check_options(mix, gamma, alpha, epochs, bs, lr, size)
+    check_options(mix, gamma, alpha, epochs, bs, lr, size, distance)
     if path is None:
         if size is not None: print(f"note: --size applies to a folder of images; the embedded Fashion-MNIST images stay 28 px")
         info, n_train, img_size = None, 3000, None
@@ -286,13 +290,13 @@ def run_training(path:str|Path|None=None, # folder of images; None: the embedded
     rows = []
     for name, g in runs:
         dls = fashion_dls(bs=bs, seed=seed) if path is None else folder_dls(path, bs=bs, size=size, seed=seed)
-        learn = make_learner(dls, arch, cbs=SEMMixup(alpha=alpha, mix=mix, shared_batch=shared_batch,
+        learn = make_learner(dls, arch, cbs=SEMMixup(alpha=alpha, mix=mix, shared_batch=shared_batch, distance=distance,
                                                      **({} if g is None else {'gamma': g})), seed=seed)
         g = learn.sem_mixup.gamma
         if not progress:
             learn.remove_cb(fv.ProgressCallback)
             learn.logger = _plain_epoch_log(learn)
-        print(f"\n{name}: {mix}, γ {_fmt(g, 'γ')}, {arch}, {epochs} epoch{'s' if epochs > 1 else ''} of {len(dls.train)} steps, batch size {bs}", flush=True)
+        print(f"\n{name}: {mix}, γ {_fmt(g, 'γ')}{'' if distance == 'mse' else ', distance ' + distance}, {arch}, {epochs} epoch{'s' if epochs > 1 else ''} of {len(dls.train)} steps, batch size {bs}", flush=True)
         start = time.perf_counter()
         learn.fit_one_cycle(epochs, lr)
         rec = dict(zip(learn.recorder.metric_names[1:-1], learn.recorder.values[-1]))
@@ -329,9 +333,10 @@ def train(path:str=None, # folder of images (see the layouts below); default: th
           seed:int=0, # random seed (weights, validation split, batch order)
           compare:store_true=False, # also train plain mixing (gamma 0) with the same settings and compare
           shared_batch:store_true=False, # SEM without the extra forward pass (see SEMMixup)
+          distance:str='mse', # the penalty's distance: mse, or nullspace (only the part of h the logits never read), l2, cosine
          ):
     "Train an image classifier with Semantic Equivariant Mixup and print a table of the results"
-    res = run_training(path, mix, gamma, alpha, epochs, arch, bs, lr, size, seed, compare, shared_batch)
+    res = run_training(path, mix, gamma, alpha, epochs, arch, bs, lr, size, seed, compare, shared_batch, distance)
     print('\n' + results_table(res))
     return res
 
@@ -347,9 +352,10 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
             size:int=None, # image size for a folder of images; default: the images' own size, at most 64
             seed:int=0, # first random seed
             gamma:float=None, # SEM's γ; default: SEMMixup's (0.03)
+            distance:str='mse', # SEM's distance: mse, or nullspace (only the part of h the logits never read), l2, cosine
            ):
     "Compare SEM at its defaults with the plain mixer over several seeds: accuracy, robustness, OOD detection, calibration, time"
-    check_options(mix, gamma, None, epochs, bs, lr, size)
+    check_options(mix, gamma, None, epochs, bs, lr, size, distance)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2: raise InputError(f"--seeds {seeds!r}: give 2 or more")
     _fastai()   # first, so that fastai is imported without torch's FutureWarning
     check_arch(arch)
@@ -357,7 +363,7 @@ def compare(path:str=None, # folder of images (see `train --help`); default: the
     dls = None
     if path is not None: dls, bs, size, epochs = _load_folder(path, bs, size, epochs, seed)
     res = compare_sem(mix=mix, seeds=list(range(seed, seed + seeds)), epochs=epochs or 5, lr=lr, bs=bs or 128, arch=arch, dls=dls,
-                      **({} if gamma is None else {'gamma': gamma}))
+                      distance=distance, **({} if gamma is None else {'gamma': gamma}))
     print()
     res.print_report()
     return res
@@ -376,13 +382,14 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
                plot:str=None, # also save the plot of the measures against γ to this image file
                ood:str='auto', # OOD images to score the validation images against: mnist (the shipped digits), permuted (pixel-permuted validation images), none, or auto: mnist for 28×28 greyscale, else permuted
                calibrate:store_true=False, # bound the ECE after temperature scaling (column ece_ts) instead of the raw ECE
+               distance:str='mse', # the penalty's distance: mse, or nullspace (only the part of h the logits never read), l2, cosine
               ):
     "Choose γ on the validation split: a short run per γ, its accuracy, robustness and calibration, and a suggested γ"
     try: gs = [float(g) for g in str(gammas).split(',')]
     except ValueError: raise InputError(f"--gammas {gammas!r}: give numbers separated by commas, e.g. 0,0.3,1") from None
     if any(not math.isfinite(g) or g < 0 for g in gs) or len(set(gs)) != len(gs):
         raise InputError(f"--gammas {gammas!r}: give different numbers, 0 or more, separated by commas")
-    check_options(mix, None, None, epochs, bs, lr, size)
+    check_options(mix, None, None, epochs, bs, lr, size, distance)
     if ood not in ('auto', 'mnist', 'permuted', 'none'): raise InputError(f"--ood {ood!r}: give auto, mnist, permuted or none")
     check_arch(arch)
     import numpy as np
@@ -405,13 +412,14 @@ def find_gamma(path:str=None, # folder of images (see `train --help`); default: 
         except ValueError:   # only 'mnist' can fail here
             raise InputError("--ood mnist: the MNIST digits fit only 28×28 greyscale images: use --ood permuted or none") from None
         print(f"OOD detection: the validation images are scored against {what}")
-    learn = make_learner(dls, arch, cbs=SEMMixup(mix=mix), seed=seed)
+    learn = make_learner(dls, arch, cbs=SEMMixup(mix=mix, distance=distance), seed=seed)
     res = learn.gamma_find(gammas=gs, epochs=epochs, lr=lr, seed=seed, show_plot=False, ood=x_ood, calibrate=calibrate)
     print(f"\n{res}")
     if plot:
         res.plot().savefig(plot, dpi=100)
         print(f"plot saved to {plot}")
-    print(f"\ntrain with it: fastai-sem train {'' if path is None else str(path) + ' '}--mix {mix} --gamma {res.suggested:g}")
+    print(f"\ntrain with it: fastai-sem train {'' if path is None else str(path) + ' '}--mix {mix} --gamma {res.suggested:g}"
+          + ('' if distance == 'mse' else f" --distance {distance}"))
     return res
 
 # %% ../nbs/05_cli.ipynb #f1071459

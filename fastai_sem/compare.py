@@ -221,7 +221,8 @@ def compare_sem(
             rows.append(row)
             if verbose: print(f"  {name}, seed {seed}: clean accuracy {row['clean_acc']:.4f}, {row['seconds']:.0f} s", flush=True)
     seconds = time.perf_counter() - start_all
-    setup = (f"SEM (SEMMixup(mix={mix!r}), γ {sem_gamma:g}) against plain {mix} (γ 0), on {what}: "
+    shown = ''.join(f", {k}={v!r}" for k, v in plain_kw.items())   # the settings both methods were given
+    setup = (f"SEM (SEMMixup(mix={mix!r}{shown}), γ {sem_gamma:g}) against plain {mix} (γ 0), on {what}: "
              f"{len(seeds)} seeds, {epochs} epoch{'s' if epochs > 1 else ''} each, mean ± std over seeds ({seconds:.0f} s in all)")
     columns = (f"Columns: clean acc = accuracy on the validation images; corruption acc = accuracy on {data.n_sub:,} of them "
                f"under {len(corruptions)} corruption{'s' if len(corruptions) > 1 else ''} at severit{'ies' if len(severities) > 1 else 'y'} {', '.join(map(str, severities))}; AUROC = validation images "
