@@ -134,6 +134,7 @@ class SEM:
         "The distance the penalty uses: `distance`, or for 'nullspace' a `NullSpaceMSE` of `model`'s final classifier"
         if not _is_nullspace(self.distance): return self.distance
         if self._nullspace is None:   # bound once per model: finding the classifier walks the whole model
+            if self.model is None: raise ValueError("distance='nullspace' needs the model's classifier: set `sem.model` first")
             if self.layer is not None or self.spatial:
                 raise ValueError(_NULLSPACE_SITE)
             model = unwrap_model(self.model)
