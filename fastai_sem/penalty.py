@@ -162,7 +162,6 @@ def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_fea
 # %% ../nbs/02_penalty.ipynb #9123f017
 class NullSpaceMSE:
     "Mean squared error of h(x̃) − target outside the span of `classifier`'s weight rows: the part of h the logits never read"
-    __name__ = 'nullspace'
     def __init__(self, classifier:nn.Module): # the final `nn.Linear` (or 1×1 `nn.Conv2d`) that reads h
         n_out, n_in = classifier.weight.flatten(1).shape
         if n_out >= n_in:
