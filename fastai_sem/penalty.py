@@ -143,19 +143,21 @@ def sem_penalty(h_mixed:Tensor, # representations of the mixed batch, (bs, n_fea
     dist = get_distance(distance)
     with torch.autocast(h_mixed.device.type, enabled=False):
         h_mixed, h_clean, lam = h_mixed.float(), h_clean.float(), lam.float()
-        # the target mixes h_clean convexly, so standardising it equals mixing the standardised h_clean. mse and l2
-        # see only h_mixed − target, where the shift cancels and a global scale factors out: no pass over h for them
-        if standardize == 'global' and dist in _SCALE_POWER:
+        # the target mixes h_clean convexly, so standardising it equals mixing the standardised h_clean. mse, l2 and
+        # the null-space mse see only h_mixed − target, where the shift cancels and a global scale factors out: no pass
+        # over h for them
+        power = _SCALE_POWER.get(dist, getattr(dist, 'scale_power', None))
+        if standardize == 'global' and power:
             # feature maps only: on pooled h it saves nothing, and the pooled default keeps F.mse_loss's arithmetic
             if dist is mse_distance and h_mixed.ndim > 2 and not h_clean.requires_grad:
                 return _GlobalMSEOnMaps.apply(h_mixed, h_clean, lam, perm, mask, sync)
             with torch.no_grad(): var = _global_spread(h_clean, sync)[1]
             d = dist(h_mixed.flatten(1), equivariance_target(h_clean, lam, perm, mask).flatten(1))
-            return d / (var if _SCALE_POWER[dist] == 2 else var.sqrt())
+            return d / (var if power == 2 else var.sqrt())
         target = equivariance_target(h_clean, lam, perm, mask)
         if standardize:
             shift, scale = standardization(h_clean, standardize == 'feature', sync)
-            if dist not in _SCALE_POWER: h_mixed, target = h_mixed - shift, target - shift
+            if not power: h_mixed, target = h_mixed - shift, target - shift
             h_mixed, target = h_mixed*scale, target*scale
         return dist(h_mixed.flatten(1), target.flatten(1))
 
@@ -168,6 +170,8 @@ class NullSpaceMSE:
             raise ValueError(f"distance='nullspace' needs more features than classes: the classifier reads {n_in} features into "
                              f"{n_out} outputs, so its rows span all of h and the penalty would be 0. Use distance='mse'")
         self.classifier = classifier
+
+    scale_power = 2   # a square of h_mixed − target, as 'mse' is: `sem_penalty` divides a global scale out of it
 
     def __call__(self, h_mixed, target):
         d = h_mixed - target

@@ -101,9 +101,14 @@ def test_classifier_subspace_distances_split_the_mse(study):
     assert torch.allclose(unseen @ w.T, torch.zeros(5, 3), atol=1e-5)
     assert row(target + unseen, target) < 1e-10
     assert torch.allclose(null(target + unseen, target), unseen.square().mean())
-    # the library's `distance='nullspace'` is the same arithmetic, so rounds 35 and 36 measured what users get
-    from fastai_sem.penalty import NullSpaceMSE
+    # the library's `distance='nullspace'` is the same arithmetic, so rounds 35 and 36 measured what users get: as a
+    # distance to the bit, and as SEM's penalty to float32 rounding (the library divides the standardisation's global
+    # scale out of it, as it does for 'mse'; the study's distance gets the standardised features)
+    from fastai_sem.penalty import NullSpaceMSE, sem_penalty
     assert torch.equal(NullSpaceMSE(model[2])(h_mixed, target), null(h_mixed, target))
+    h_clean, lam, perm = 3*torch.randn(5, 8) + 1, torch.rand(5), torch.randperm(5)
+    assert torch.allclose(sem_penalty(h_mixed, h_clean, lam, perm, NullSpaceMSE(model[2])),
+                          sem_penalty(h_mixed, h_clean, lam, perm, null), rtol=1e-5)
 
 
 @pytest.mark.parametrize('rnd', ['4', '5', '7'])
