@@ -15,7 +15,8 @@ forward pass of the clean batch without gradient: the floor that any faithful SE
 `SEMMixup(mix=m)` for m in mixup/cutmix in its three modes: default (detach_target=True, one extra no-grad
 forward pass), `detach_target=False` (that pass keeps its graph) and `shared_batch=True` (no extra pass); and with
 the penalty set explicitly: `raw` (the paper's penalty, `standardize=None`), `scale-free` (`standardize='global'`,
-pooled h) and `spatial` (`standardize='global', spatial=True`: the feature map before global pooling).
+pooled h), `spatial` (`standardize='global', spatial=True`: the feature map before global pooling) and `nullspace`
+(`distance='nullspace'`: the scale-free pooled penalty outside the span of the classifier's weight rows).
 
 How: every contender has its own `Learner` (same model initialisation, Adam, lr 1e-3). The contenders run in
 rounds, `--steps-per-round` steps each, in a freshly shuffled order every round (A C B … B A C …), so load
@@ -45,7 +46,7 @@ Mixing op alone: fastai `MixUp.before_batch` / `CutMix.before_batch` (on a stand
 place; our mixer returns a new tensor and leaves `x` alone, so `fastai CutMix + clone` is timed as well.
 
 The penalty alone (skip with `--no-penalty-op`): `sem_penalty` forward and backward in each mode (raw, scale-free,
-spatial) on the features each configuration's model gives for a random batch (float16 under AMP), the gradient added
+spatial, nullspace) on the features each configuration's model gives for a random batch (float16 under AMP), the gradient added
 to an existing one as in a step; modes in a new random order each round. A mode's extra over the raw penalty, paired
 by round, is divided by fastai MixUp's median step of the same run: the target is at most 0.02×.
 
@@ -75,21 +76,24 @@ from fastprogress.fastprogress import progress_bar
 import fastai_sem
 from fastai_sem.callback import SEMMixup
 from fastai_sem.mixers import MixupMixer, CutMixMixer
-from fastai_sem.features import penalty_site, forward_features
-from fastai_sem.penalty import sem_penalty
+from fastai_sem.features import forward_features
+from fastai_sem.step import SEM
+from fastai_sem.penalty import sem_penalty, NullSpaceMSE
 
 RESULTS = Path(__file__).resolve().parent/'results'
 MODELS = ('cnn@28', 'resnet18@32', 'resnet18@64')
 CONTENDERS = ('plain', 'fastai MixUp', 'fastai CutMix', 'MixUp + no-grad fwd',
               'SEM mixup', 'SEM mixup detach_target=False', 'SEM mixup shared_batch',
               'SEM cutmix', 'SEM cutmix detach_target=False', 'SEM cutmix shared_batch',
-              'SEM mixup raw', 'SEM mixup scale-free', 'SEM mixup spatial',
-              'SEM cutmix raw', 'SEM cutmix scale-free', 'SEM cutmix spatial')
+              'SEM mixup raw', 'SEM mixup scale-free', 'SEM mixup spatial', 'SEM mixup nullspace',
+              'SEM cutmix raw', 'SEM cutmix scale-free', 'SEM cutmix spatial', 'SEM cutmix nullspace')
 # explicit penalty modes, whatever the defaults are: the paper's raw penalty, the scale-free (standardised) pooled one,
-# and the scale-free spatial one on the feature map before global pooling
+# the scale-free spatial one on the feature map before global pooling, and the scale-free pooled one outside the span of
+# the classifier's rows (`distance='nullspace'`, which takes a QR decomposition of the classifier's weight every step)
 MODES = {'detach_target=False': dict(detach_target=False), 'shared_batch': dict(shared_batch=True),
          'raw': dict(standardize=None, spatial=False), 'scale-free': dict(standardize='global', spatial=False),
-         'spatial': dict(standardize='global', spatial=True)}
+         'spatial': dict(standardize='global', spatial=True),
+         'nullspace': dict(standardize='global', spatial=False, distance='nullspace')}
 REF = 'fastai MixUp'
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,7 +376,7 @@ def bench_mixing(shapes, args, device):
 # ---------------------------------------------------------------------------------------------------------
 # the penalty alone
 
-PENALTY_MODES = ('raw', 'scale-free', 'spatial')
+PENALTY_MODES = ('raw', 'scale-free', 'spatial', 'nullspace')
 
 def bench_penalty(configs, args, device, amp):
     """The penalty alone, forward and backward, per mode, on the features of each configuration's model (under AMP in
@@ -388,13 +392,14 @@ def bench_penalty(configs, args, device, amp):
             ops = {}
             for mode in PENALTY_MODES:
                 kw = MODES[mode]
-                site = penalty_site(model, None, kw['spatial'])
+                sem = SEM(model, **kw)   # its site and distance (for 'nullspace', bound to the model's classifier)
+                site, dist = sem.site, sem.penalty_distance()
                 with torch.no_grad(), torch.autocast(device.type, enabled=amp):
                     h_clean = forward_features(model, site, x, keep_buffers=True)
                     h_mixed = forward_features(model, site, mixed.x, keep_buffers=True).requires_grad_()
                 h_mixed.grad = torch.zeros_like(h_mixed)
-                ops[mode] = (lambda h_mixed=h_mixed, h_clean=h_clean, std=kw['standardize']:
-                             sem_penalty(h_mixed, h_clean, mixed.lam, mixed.perm, 'mse', mixed.mask, std).backward())
+                ops[mode] = (lambda h_mixed=h_mixed, h_clean=h_clean, std=kw['standardize'], dist=dist:
+                             sem_penalty(h_mixed, h_clean, mixed.lam, mixed.perm, dist, mixed.mask, std).backward())
             times = {k: [] for k in ops}
             rng = random.Random(args.seed)
             for r in range(args.pen_rounds + 2):
@@ -413,6 +418,41 @@ def bench_penalty(configs, args, device, amp):
                                  over_raw_us=(med - raw)*1e6, over_raw_q25_us=np.quantile(extra, 0.25)*1e6,
                                  over_raw_q75_us=np.quantile(extra, 0.75)*1e6, calls=len(ts)*args.pen_inner,
                                  device=device.type + ('+amp' if amp else '')))
+    return rows
+
+def _head(spec):
+    "'2048x1000' → (2048, 1000): a classifier reading 2048 features into 1000 classes"
+    try: n_in, n_out = map(int, spec.lower().split('x'))
+    except ValueError: raise ValueError(f"--heads takes <features>x<classes>, e.g. 2048x1000, got {spec!r}") from None
+    if not 0 < n_out < n_in: raise ValueError(f"--heads {spec}: the null-space penalty needs more features than classes")
+    return n_in, n_out
+
+def bench_heads(heads, args, device):
+    """The scale-free penalty on pooled h (bs × features) alone, with `distance='mse'` and 'nullspace', for classifiers of
+    the sizes `heads`: the null-space distance takes a QR decomposition of the (classes × features) weight every call"""
+    rows = []
+    for spec in heads:
+        n_in, n_out = _head(spec)
+        for bs in args.bs:
+            torch.manual_seed(args.seed)
+            classifier = nn.Linear(n_in, n_out).to(device)
+            mixed = MixupMixer()(torch.randn(bs, 1, 1, 1, device=device))
+            h_clean = torch.randn(bs, n_in, device=device)
+            h_mixed = torch.randn(bs, n_in, device=device, requires_grad=True)
+            h_mixed.grad = torch.zeros_like(h_mixed)
+            ops = {name: (lambda dist=dist: sem_penalty(h_mixed, h_clean, mixed.lam, mixed.perm, dist).backward())
+                   for name, dist in (('mse', 'mse'), ('nullspace', NullSpaceMSE(classifier)))}
+            times = {k: [] for k in ops}
+            for r in range(args.head_rounds + 1):
+                for name in random.Random(args.seed + r).sample(list(ops), len(ops)):
+                    _sync(device); t0 = time.perf_counter()
+                    for _ in range(args.head_inner): ops[name]()
+                    _sync(device)
+                    if r >= 1: times[name].append((time.perf_counter() - t0)/args.head_inner)
+            mse, null = np.median(times['mse']), np.median(times['nullspace'])
+            rows.append(dict(features=n_in, classes=n_out, bs=bs, mse_us=mse*1e6, nullspace_us=null*1e6,
+                             over_mse_us=(null - mse)*1e6, calls=len(times['mse'])*args.head_inner,
+                             device=device.type))
     return rows
 
 def penalty_in_steps(pen_rows, rows):
@@ -559,6 +599,10 @@ def parse_args(argv=None):
     p.add_argument('--pen-rounds', type=int, default=100, help='timed rounds of the penalty-op benchmark (default: %(default)s)')
     p.add_argument('--pen-inner', type=int, default=10, help='calls per round and mode in the penalty-op benchmark (default: %(default)s)')
     p.add_argument('--no-penalty-op', action='store_true', help='skip the penalty-op benchmark')
+    p.add_argument('--heads', nargs='+', default=[], metavar='FxC', help="also time the null-space distance alone for classifiers "
+                   "of F features and C classes (e.g. 512x10 2048x1000), on random pooled h; writes step_time{tag}_heads.csv")
+    p.add_argument('--head-rounds', type=int, default=20, help='timed rounds per head size with --heads (default: %(default)s)')
+    p.add_argument('--head-inner', type=int, default=3, help='calls per round and distance with --heads (default: %(default)s)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='auto: CUDA (with AMP) when available')
     p.add_argument('--no-amp', action='store_true', help='on CUDA, train in float32 (default: MixedPrecision)')
     p.add_argument('--threads', default='auto', help="torch.set_num_threads: a number, 0 (torch's default), or auto: torch's default, "
@@ -573,6 +617,9 @@ def parse_args(argv=None):
     for m in args.models:
         try: make_model(m)
         except (ValueError, IndexError) as e: p.error(str(e))
+    for h in args.heads:
+        try: _head(h)
+        except ValueError as e: p.error(str(e))
     if args.quick:
         args.models, args.bs, args.rounds, args.warmup, args.steps_per_round = ['cnn@28'], [64], 3, 1, 1
         args.mix_rounds, args.mix_inner, args.pen_rounds, args.pen_inner = 5, 5, 5, 5
@@ -610,6 +657,7 @@ def main(argv=None):
         shapes = list(dict.fromkeys((bs, make_model(m)[1]) for m in args.models for bs in args.bs))
         mix_rows = bench_mixing(shapes, args, device)
     pen_rows = [] if args.no_penalty_op else penalty_in_steps(bench_penalty(configs, args, device, amp), rows)
+    head_rows = bench_heads(args.heads, args, device)
     info['load_avg_end'] = round(os.getloadavg()[0], 2)
     info['wall_s'] = f'{time.perf_counter() - t_start:.0f}'
     info['command'] = shlex.join(['python', 'benchmarks/step_time.py', *(sys.argv[1:] if argv is None else argv)])
@@ -636,6 +684,12 @@ def main(argv=None):
             x = f"{r['over_raw_x_mixup']:+.4f}" if 'over_raw_x_mixup' in r else ''
             print(f"  {r['model']:<12} {r['bs']:>4} {r['mixer']:<7} {r['mode']:<11} {r['median_us']:9.1f} {iqr('q25_us', 'q75_us'):>17} "
                   f"{r['over_raw_us']:+9.1f} {iqr('over_raw_q25_us', 'over_raw_q75_us'):>17} {x:>12}")
+    if head_rows:
+        print("\nThe null-space distance alone by classifier size: the scale-free penalty on random pooled h, forward and "
+              "backward, with distance='mse' and 'nullspace' (per call, µs: medians)")
+        print(f"  {'features':>8} {'classes':>7} {'bs':>4} {'mse':>9} {'nullspace':>10} {'extra':>10}")
+        for r in head_rows:
+            print(f"  {r['features']:>8} {r['classes']:>7} {r['bs']:>4} {r['mse_us']:9.1f} {r['nullspace_us']:10.1f} {r['over_mse_us']:+10.1f}")
     if phase_rows:
         print(f"\nParts of a step (median ms of {'CPU' if device.type == 'cpu' else 'synchronized wall'} time; "
               "'before_batch cbs' holds the mixing and SEM's clean pass)")
@@ -649,7 +703,7 @@ def main(argv=None):
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = 'step_time' + (f'_{args.tag}' if args.tag else '')
-    written = [(args.out/f'{stem}{part}.csv', data) for part, data in (('', rows), ('_mixing', mix_rows), ('_penalty', pen_rows), ('_phases', phase_rows),
+    written = [(args.out/f'{stem}{part}.csv', data) for part, data in (('', rows), ('_mixing', mix_rows), ('_penalty', pen_rows), ('_heads', head_rows), ('_phases', phase_rows),
                ('_machine', [dict(key=k, value=v) for k, v in info.items()])) if data]
     for path, data in written: write_csv(path, data)
     plot(rows, args.out/f'{stem}.png', f"{info.get('gpu', info['cpu'])}, {info['cpu_cores']} cores, {info['torch_threads']} torch thread(s), "
