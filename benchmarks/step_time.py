@@ -340,6 +340,18 @@ class _StandIn:
     def __init__(self, x, y): self.xb, self.yb = (x,), (y,)
     x = property(lambda self: self.xb[0]); y = property(lambda self: self.yb[0])
 
+def time_interleaved(ops, rounds, inner, device, seed, warmup=2):
+    "{name: seconds per call, one per timed round}: each round calls every op `inner` times, in a new random order"
+    times, rng = {k: [] for k in ops}, random.Random(seed)
+    for r in range(rounds + warmup):
+        order = list(ops); rng.shuffle(order)
+        for name in order:
+            _sync(device); t0 = time.perf_counter()
+            for _ in range(inner): ops[name]()
+            _sync(device)
+            if r >= warmup: times[name].append((time.perf_counter() - t0)/inner)
+    return times
+
 def bench_mixing(shapes, args, device):
     rows = []
     for bs, shape in shapes:
@@ -353,24 +365,14 @@ def bench_mixing(shapes, args, device):
         ops = {'fastai MixUp.before_batch': f_mixup, 'MixupMixer()(x)': lambda: mm(x),
                'fastai CutMix.before_batch (in place)': f_cutmix, 'fastai CutMix + clone': f_cutmix_clone,
                'CutMixMixer()(x)': lambda: cm(x)}
-        n_inner = args.mix_inner
-        times = {k: [] for k in ops}
-        rng = random.Random(args.seed)
-        for r in range(args.mix_rounds + 2):
-            order = list(ops); rng.shuffle(order)
-            for name in order:
-                f = ops[name]
-                _sync(device); t0 = time.perf_counter()
-                for _ in range(n_inner): f()
-                _sync(device)
-                if r >= 2: times[name].append((time.perf_counter() - t0)/n_inner)
+        times = time_interleaved(ops, args.mix_rounds, args.mix_inner, device, args.seed)
         refs = {'mixup': 'fastai MixUp.before_batch', 'cutmix': 'fastai CutMix.before_batch (in place)'}
         for name, ts in times.items():
             q25, med, q75 = _quantiles(ts)
             ref = times[refs['cutmix' if 'cut' in name.lower() else 'mixup']]
             rows.append(dict(shape='x'.join(map(str, (bs, *shape))), op=name, median_us=med*1e6, q25_us=q25*1e6, q75_us=q75*1e6,
                              min_us=min(ts)*1e6, ratio_vs_fastai=med/np.median(ref), ratio_min_vs_fastai=min(ts)/min(ref),
-                             calls=len(ts)*n_inner, device=device.type))
+                             calls=len(ts)*args.mix_inner, device=device.type))
     return rows
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,15 +402,7 @@ def bench_penalty(configs, args, device, amp):
                 h_mixed.grad = torch.zeros_like(h_mixed)
                 ops[mode] = (lambda h_mixed=h_mixed, h_clean=h_clean, std=kw['standardize'], dist=dist:
                              sem_penalty(h_mixed, h_clean, mixed.lam, mixed.perm, dist, mixed.mask, std).backward())
-            times = {k: [] for k in ops}
-            rng = random.Random(args.seed)
-            for r in range(args.pen_rounds + 2):
-                order = list(ops); rng.shuffle(order)
-                for name in order:
-                    _sync(device); t0 = time.perf_counter()
-                    for _ in range(args.pen_inner): ops[name]()
-                    _sync(device)
-                    if r >= 2: times[name].append((time.perf_counter() - t0)/args.pen_inner)
+            times = time_interleaved(ops, args.pen_rounds, args.pen_inner, device, args.seed)
             raw = np.median(times['raw'])
             for name, ts in times.items():
                 q25, med, q75 = _quantiles(ts)
@@ -442,13 +436,7 @@ def bench_heads(heads, args, device):
             h_mixed.grad = torch.zeros_like(h_mixed)
             ops = {name: (lambda dist=dist: sem_penalty(h_mixed, h_clean, mixed.lam, mixed.perm, dist).backward())
                    for name, dist in (('mse', 'mse'), ('nullspace', NullSpaceMSE(classifier)))}
-            times = {k: [] for k in ops}
-            for r in range(args.head_rounds + 1):
-                for name in random.Random(args.seed + r).sample(list(ops), len(ops)):
-                    _sync(device); t0 = time.perf_counter()
-                    for _ in range(args.head_inner): ops[name]()
-                    _sync(device)
-                    if r >= 1: times[name].append((time.perf_counter() - t0)/args.head_inner)
+            times = time_interleaved(ops, args.head_rounds, args.head_inner, device, args.seed)
             mse, null = np.median(times['mse']), np.median(times['nullspace'])
             rows.append(dict(features=n_in, classes=n_out, bs=bs, mse_us=mse*1e6, nullspace_us=null*1e6,
                              over_mse_us=(null - mse)*1e6, calls=len(times['mse'])*args.head_inner,
