@@ -490,3 +490,28 @@ def test_round_39_spatial_null_space_leaves_the_logits_free_and_extends_round_35
     sem, = study.make_cbs('SEM+mixup', 'spatial nullspace γ=0.1', study.ROUNDS[39])
     assert (sem.gamma, sem.spatial, sem.distance.keep) == (.1, True, 'spatial-nullspace')
     assert study.ROUNDS[39]['extra_harm'] == {'cnn': ('auroc_glyphs', 'auroc_glyphs_energy')}
+
+
+def test_round_40_decays_gamma_over_the_fit_and_extends_round_35s_cnn_runs(study):
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '40']))
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs35 = study.grid_runs(study.parse_args(['--grid', '--round', '35', '--archs', 'cnn']))
+    new = {'global γ=0.3', 'global γ=0.1 decayed', 'global γ=0.3 decayed'}
+    assert {key(r) for r in runs} == {key(r) for r in runs35} | {('cnn', 'SEM+mixup', c, s, 20) for c in new for s in (0, 1, 2)}
+    assert {r['phase'] for r in runs} == {'valid35'}
+    sem, decay = study.make_cbs('SEM+mixup', 'global γ=0.3 decayed', study.ROUNDS[40])
+    assert (sem.gamma, sem.standardize, sem.spatial, decay.gamma) == (.3, 'global', False, .3)
+    assert len(study.make_cbs('SEM+mixup', 'global γ=0.3', study.ROUNDS[40])) == 1   # the constant γ has no schedule
+    # γ at each training batch is γ·(1 − pct_train): 0.3 at the start, 0.15 half-way, 0 at the end; after the fit the
+    # callback holds the γ it started from again
+    from conftest import synth_learner
+    seen = []
+    class Watch(study.Callback):
+        order, run_valid = 60, False   # after SEMMixup (55) has used γ in this training batch's loss
+        def after_loss(self): seen.append((self.learn.pct_train, self.learn.sem_mixup.gamma))
+    sem, decay = study.make_cbs('SEM+mixup', 'global γ=0.3 decayed', study.ROUNDS[40])
+    learn = synth_learner(cbs=[sem, decay, Watch()], n=32, bs=8)
+    learn.fit(2, 1e-3)
+    assert len(seen) == 8 and all(abs(g - .3*(1 - pct)) < 1e-12 for pct, g in seen)
+    assert seen[0][1] == .3 and seen[-1][1] < .3 and sem.gamma == .3
+    assert study.ROUNDS[40]['extra_harm'] == {'cnn': ('auroc_glyphs', 'auroc_glyphs_energy')}
