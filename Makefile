@@ -117,6 +117,7 @@ defaults-study: .venv/.done .sysdeps.done
 	$(PY) benchmarks/defaults_study.py --grid --select --threads 1 --round 38
 	$(PY) benchmarks/defaults_study.py --grid --select --threads 1 --round 39
 	$(PY) benchmarks/defaults_study.py --grid --select --threads 1 --round 40
+	$(PY) benchmarks/defaults_study.py --grid --select --threads 1 --round 41
 	$(PY) benchmarks/defaults_study.py --test --threads 1 --round 1 --archs resnet18 --seeds 3 4 5 --methods MixUp CutMix
 	$(PY) benchmarks/defaults_study.py --test --threads 1 --round 1 --archs resnet18 --seeds 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 --methods MixUp
 	$(PY) benchmarks/defaults_study.py --test --threads 1 --round 3 --archs resnet18 --seeds 3 4 5

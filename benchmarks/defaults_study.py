@@ -417,14 +417,21 @@ ROUNDS[39] = dict(ROUNDS[35], configs=CONFIGS39, archs=('cnn',), resnet=(), cnn_
 # Rounds 8-13 traced the energy-score loss at 20 epochs to the part of the penalty the logits read, which asks the
 # logits of a mix to be the mix of the clean logits; those grow as training goes on, so late in training it asks mixes,
 # and OOD images that look like them, for large logits. If that late phase is what costs the energy score, a γ that
-# falls linearly to 0 over the fit (γ·(1 − fraction of training done), `DecayGamma`) should keep more of the full
+# falls linearly to 0 over the fit (γ·(1 − fraction of training done), `LinearGamma`) should keep more of the full
 # penalty's corruption and MSP gains than of its energy loss. Round 40 runs it at γ 0.1 and 0.3 beside the constant
 # γ 0.3 (which round 35's files lack) on round 35's protocol for the CNN (MixUp, 20 epochs, ECE after temperature
 # scaling, the typed characters counted), three seeds. Fixed before it ran
 CONFIGS40 = {**CONFIGS35, 'global γ=0.3': dict(standardize='global', gamma=.3),
-             **{f'global γ={g:g} decayed': dict(standardize='global', gamma=g, decay=True) for g in (.1, .3)}}
+             **{f'global γ={g:g} decayed': dict(standardize='global', gamma=g, schedule='fall') for g in (.1, .3)}}
 ROUNDS[40] = dict(ROUNDS[35], configs=CONFIGS40, archs=('cnn',), resnet=(), cnn_mixup=tuple(CONFIGS40), suffix='40',
                   grid_suffix='35')
+# round 41 (`--grid --select --round 41`; its runs extend round 35's files) chooses nothing. Round 40's falling γ lost as
+# much of the typed characters' energy AUROC as a constant one: either the loss builds up early in training, when a
+# falling γ is largest, or a little of the penalty is enough for it. A γ that rises linearly from 0 over the fit
+# (γ·fraction of training done) tells the two apart: if the early phase causes the loss, it should lose less of it than
+# the falling γ of the same peak. Round 41 runs it at γ 0.1 and 0.3 on round 40's protocol, three seeds. Fixed before it ran
+CONFIGS41 = {**CONFIGS40, **{f'global γ={g:g} rising': dict(standardize='global', gamma=g, schedule='rise') for g in (.1, .3)}}
+ROUNDS[41] = dict(ROUNDS[40], configs=CONFIGS41, cnn_mixup=tuple(CONFIGS41), suffix='41')
 GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet18': (0,)},
               3: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 4: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               5: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 7: {'cnn': (0, 1, 2)},
@@ -434,7 +441,8 @@ GRID_SEEDS = {1: {'cnn': (0,), 'resnet18': (0,)}, 2: {'cnn': (0, 1, 2), 'resnet1
               24: {'resnet18': (0, 1, 2)}, 29: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 30: {'resnet18': (0, 1, 2)},
               31: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 33: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
               35: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 37: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)},
-              38: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 39: {'cnn': (0, 1, 2)}, 40: {'cnn': (0, 1, 2)}}   # round 6 has no grid
+              38: {'cnn': (0, 1, 2), 'resnet18': (0, 1, 2)}, 39: {'cnn': (0, 1, 2)}, 40: {'cnn': (0, 1, 2)},
+              41: {'cnn': (0, 1, 2)}}   # round 6 has no grid
 BASE = {'mixup': ('MixUp', 0.4), 'cutmix': ('CutMix', 1.0)}
 KEY = ['phase', 'arch', 'method', 'config', 'seed', 'epochs']
 
@@ -545,17 +553,21 @@ def make_cbs(method, config, rnd=ROUNDS[2]):
     default = rnd.get('cutmix_default', rnd['default']) if mix == 'cutmix' else rnd['default']
     kw = dict(default if config == 'default' else rnd['configs'][config])
     if kw.get('distance') in ('nullspace', 'rowspace', 'spatial-nullspace'): kw['distance'] = ClassifierSubspaceMSE(kw['distance'])
-    decay = kw.pop('decay', False)
+    schedule = kw.pop('schedule', None)
     sem = rnd['sem'](mix=mix, **kw)
-    return [sem, DecayGamma(sem.gamma)] if decay else [sem]
+    return [sem, LinearGamma(sem.gamma, schedule)] if schedule else [sem]
 
 
-class DecayGamma(Callback):
-    "Round 40: `SEMMixup`'s γ falls linearly from `gamma` to 0 over the fit, γ·(1 − pct_train) at each training batch"
-    def __init__(self, gamma): self.gamma = gamma
+class LinearGamma(Callback):
+    "`SEMMixup`'s γ moves linearly over the fit: 'fall' from `gamma` to 0 (round 40) or 'rise' from 0 to `gamma` (round 41)"
+    def __init__(self, gamma, schedule='fall'):
+        if schedule not in ('fall', 'rise'): raise ValueError(f"schedule must be 'fall' or 'rise', got {schedule!r}")
+        self.gamma, self.schedule = gamma, schedule
     def before_batch(self):
-        if self.training: self.learn.sem_mixup.gamma = self.gamma*(1 - self.learn.pct_train)
-    def after_fit(self): self.learn.sem_mixup.gamma = self.gamma   # the run's row records the γ it started from
+        if not self.training: return
+        done = self.learn.pct_train
+        self.learn.sem_mixup.gamma = self.gamma*(done if self.schedule == 'rise' else 1 - done)
+    def after_fit(self): self.learn.sem_mixup.gamma = self.gamma   # the run's row records the schedule's peak γ
 
 
 def make_learner(arch, dls, cbs):
@@ -787,7 +799,7 @@ def parse_args(argv=None):
     p.add_argument('--mixes', nargs='+', default=None, choices=list(BASE), help='only the runs of these mixers')
     p.add_argument('--methods', nargs='+', default=None, help='only these methods (ERM, MixUp, CutMix, SEM+mixup, SEM+cutmix)')
     p.add_argument('--threads', type=int, default=0)
-    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head; 31: CutMix with the box of fastai; 32: its test table at γ 0.03; 33: the no-harm rule with ECE after temperature scaling, the CNN at 20 epochs; 34: its test table at γ 0.3 with MixUp; 35: the null-space penalty by that rule, with the typed characters counted as harm on the CNN; 36: its test table at γ 0.3; 37: the spatial CutMix target with the box of fastai; 38: the null-space penalty with CutMix; 39: the spatial null-space penalty on the CNN; 40: a γ that falls to 0 over the fit (see ROUNDS)')
+    p.add_argument('--round', type=int, default=1, choices=list(ROUNDS), help='1: the first grid and test table; 2: the second (see CONFIGS2); 3: the no-harm check (see ROUNDS); 4: the calibration check (see CONFIGS4); 5: spatial CutMix (see CONFIGS5); 6: SEM at γ 0 on the test set; 7: 4× the epochs on the CNN; 8: its test table at the defaults; 9: round 8 at γ 0; 10, 11: rounds 8, 9 with the size of the energy score; 12, 13: round 10 with the null-space or row-space part of the penalty; 14, 15: the null-space penalty on validation; 16: round 15 with two more validation OOD sets; 17: round 16 at γ 0; 18: round 3 with them; 19: CutMix with them and γ 0; 20, 21: the CNN test table at the defaults and at γ 0, paired; 22, 23: the CNN runs of rounds 18 and 16-17 with a near-OOD set of typed characters; 24: the ResNet runs of round 18 with it; 25, 26: rounds 20, 21 with it; 27, 28: the SEM pair of rounds 8-9 with it; 29: the gradient through the target; 30: h of the ResNet read before the dropouts of its head; 31: CutMix with the box of fastai; 32: its test table at γ 0.03; 33: the no-harm rule with ECE after temperature scaling, the CNN at 20 epochs; 34: its test table at γ 0.3 with MixUp; 35: the null-space penalty by that rule, with the typed characters counted as harm on the CNN; 36: its test table at γ 0.3; 37: the spatial CutMix target with the box of fastai; 38: the null-space penalty with CutMix; 39: the spatial null-space penalty on the CNN; 40: a γ that falls to 0 over the fit; 41: one that rises from 0 (see ROUNDS)')
     p.add_argument('--out-dir', type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:

@@ -500,7 +500,7 @@ def test_round_40_decays_gamma_over_the_fit_and_extends_round_35s_cnn_runs(study
     assert {key(r) for r in runs} == {key(r) for r in runs35} | {('cnn', 'SEM+mixup', c, s, 20) for c in new for s in (0, 1, 2)}
     assert {r['phase'] for r in runs} == {'valid35'}
     sem, decay = study.make_cbs('SEM+mixup', 'global γ=0.3 decayed', study.ROUNDS[40])
-    assert (sem.gamma, sem.standardize, sem.spatial, decay.gamma) == (.3, 'global', False, .3)
+    assert (sem.gamma, sem.standardize, sem.spatial, decay.gamma, decay.schedule) == (.3, 'global', False, .3, 'fall')
     assert len(study.make_cbs('SEM+mixup', 'global γ=0.3', study.ROUNDS[40])) == 1   # the constant γ has no schedule
     # γ at each training batch is γ·(1 − pct_train): 0.3 at the start, 0.15 half-way, 0 at the end; after the fit the
     # callback holds the γ it started from again
@@ -515,3 +515,23 @@ def test_round_40_decays_gamma_over_the_fit_and_extends_round_35s_cnn_runs(study
     assert len(seen) == 8 and all(abs(g - .3*(1 - pct)) < 1e-12 for pct, g in seen)
     assert seen[0][1] == .3 and seen[-1][1] < .3 and sem.gamma == .3
     assert study.ROUNDS[40]['extra_harm'] == {'cnn': ('auroc_glyphs', 'auroc_glyphs_energy')}
+
+
+def test_round_41_raises_gamma_over_the_fit_beside_round_40(study):
+    runs = study.grid_runs(study.parse_args(['--grid', '--round', '41']))
+    key = lambda r: (r['arch'], r['method'], r['config'], r['seed'], r['epochs'])
+    runs40 = study.grid_runs(study.parse_args(['--grid', '--round', '40']))
+    assert {key(r) for r in runs} == {key(r) for r in runs40} | {('cnn', 'SEM+mixup', f'global γ={g} rising', s, 20)
+                                                               for g in ('0.1', '0.3') for s in (0, 1, 2)}
+    assert {r['phase'] for r in runs} == {'valid35'}
+    from conftest import synth_learner
+    seen = []
+    class Watch(study.Callback):
+        order, run_valid = 60, False   # after SEMMixup (55) has used γ in this training batch's loss
+        def after_loss(self): seen.append((self.learn.pct_train, self.learn.sem_mixup.gamma))
+    sem, rise = study.make_cbs('SEM+mixup', 'global γ=0.1 rising', study.ROUNDS[41])
+    assert (sem.gamma, rise.schedule) == (.1, 'rise')
+    learn = synth_learner(cbs=[sem, rise, Watch()], n=32, bs=8)
+    learn.fit(2, 1e-3)
+    assert len(seen) == 8 and all(abs(g - .1*pct) < 1e-12 for pct, g in seen) and seen[0][1] == 0 and sem.gamma == .1
+    with pytest.raises(ValueError, match="'fall' or 'rise'"): study.LinearGamma(.1, 'up')
